@@ -1,0 +1,76 @@
+# Reference real-time recommendation serving stack. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO_OUT := common/proto
+
+.PHONY: help setup proto data artifacts artifacts-scale feature-apply materialize up down demo test test-compose bench loadtest lint clean
+
+help: ## List the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements/serving.txt requirements/offline.txt requirements/dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	@touch $@
+
+setup: $(STAMP) proto ## Create .venv with every dependency and generate the gRPC code
+
+$(PROTO_OUT)/.stamp: $(STAMP) $(wildcard proto/recsys/v1/*.proto)
+	@rm -rf $(PROTO_OUT) && mkdir -p $(PROTO_OUT)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) proto/recsys/v1/*.proto
+	@# protoc writes imports relative to -I; make them absolute inside the common package
+	@sed -i 's/^from recsys\.v1 import/from common.proto.recsys.v1 import/' $(PROTO_OUT)/recsys/v1/*.py
+	@touch $(PROTO_OUT)/__init__.py $(PROTO_OUT)/recsys/__init__.py $(PROTO_OUT)/recsys/v1/__init__.py $@
+
+proto: $(PROTO_OUT)/.stamp ## Generate Python code from proto/recsys/v1/*.proto into common/proto/
+
+data: $(STAMP) ## Fetch MovieLens-100K from the recbole wheel into data/raw/
+	$(PY) -m models data
+
+artifacts: setup ## Data -> train -> evaluate -> gate -> publish -> feast apply + materialise
+	$(PY) -m models run
+
+artifacts-scale: setup ## Synthetic 1M-item catalog from the trained item tower + tuned ANN index
+	$(PY) -m models scale
+
+feature-apply: setup ## feast apply (registry from feature_store/repo)
+	$(PY) -m feature_store apply
+
+materialize: setup ## Materialise offline parquet into the online store (Redis or SQLite)
+	$(PY) -m feature_store materialize
+
+up: setup ## Start retrieval, ranking and gateway in the background (run/), wait for /readyz
+	$(PY) -m deploy.local up
+
+down: ## Stop exactly the processes `make up` started
+	$(PY) -m deploy.local down
+
+demo: setup ## Fresh machine -> artifacts -> stack up -> real recommendations printed
+	$(PY) -m models run --skip-if-current
+	$(PY) -m deploy.local up
+	$(PY) -m deploy.local demo
+
+test: setup ## Unit + integration tests against real Redis, real gRPC processes, real artifacts
+	$(PY) -m models run --skip-if-current
+	$(PY) -m pytest
+
+test-compose: ## docker compose end-to-end test (needs a Docker engine with Compose v2)
+	bash deploy/test-compose.sh
+
+bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end -> bench-results/*.json
+	$(PY) -m benchmarks all
+
+loadtest: setup ## Locust, headless, against a running stack (HOST, USERS, DURATION); SLO check
+	$(PY) -m loadtest
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## Remove generated data, artifacts, results and the venv
+	rm -rf data artifacts bench-results run loadtest/reports $(PROTO_OUT) $(VENV)

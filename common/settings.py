@@ -1,0 +1,46 @@
+"""Typed settings shared by every component.
+
+Each service has its own settings class (``services/<name>/settings.py``) with its own env
+prefix (``RETRIEVAL_``, ``RANKING_``, ``GATEWAY_``); the values that several components must
+agree on live here and are read from un-prefixed variables (``REDIS_URL``, ``ARTIFACTS_DIR``)
+or the ``FEAST_`` prefix. Settings are read once, at start-up, by the process entry point and
+passed down; nothing here reads the environment at import time.
+Every variable is documented in ``.env.example`` (checked by tests/test_settings_doc.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class FeatureStoreSettings(Base):
+    """Where Feast keeps its registry, offline parquet and (embedded) online store."""
+
+    model_config = SettingsConfigDict(env_prefix="FEAST_", extra="ignore", frozen=True)
+
+    project: str = Field("recsys", description="Feast project name (part of every online key).")
+    repo_path: Path = Field(REPO_ROOT / "feature_store" / "repo", description="Feast repo (feature definitions).")
+    data_dir: Path = Field(REPO_ROOT / "data" / "feast", description="Feast registry and the embedded SQLite online store.")
+    offline_dir: Path = Field(REPO_ROOT / "data" / "features", description="Offline parquet sources written by the pipeline.")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL"),
+        description="Redis for the Feast online store and the response cache; unset = embedded SQLite online store.",
+    )
+
+
+class ArtifactSettings(Base):
+    artifacts_dir: Path = Field(
+        REPO_ROOT / "artifacts" / "current",
+        validation_alias=AliasChoices("ARTIFACTS_DIR"),
+        description="Artifact bundle to serve (a version folder or the `current` link).",
+    )
