@@ -1,0 +1,111 @@
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e`` (``make bench`` runs ``all``).
+
+Each benchmark module exposes ``main()`` returning an exit code; modules are imported lazily,
+so one missing or broken benchmark is reported clearly and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+# name -> (module, what it measures)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "features": ("benchmarks.features", "online feature reads (reader vs Feast SDK)"),
+    "retrieval": ("benchmarks.retrieval", "Retrieve over gRPC, k=500"),
+    "ranking": ("benchmarks.ranking", "Rank over gRPC, 500 candidates with features"),
+    "ann": ("benchmarks.ann", "FAISS index types on the 1M-item catalog"),
+    "e2e": ("benchmarks.e2e", "/recommend through the whole stack"),
+}
+
+
+def _run(name: str, **kwargs) -> int:
+    module_name, _ = BENCHMARKS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            console.print(f"[red]{name}: {module_name} does not exist in this checkout (not written yet?)[/red]")
+            return 2
+        raise
+    main = getattr(module, "main", None)
+    if main is None:
+        console.print(f"[red]{name}: {module_name} has no main()[/red]")
+        return 2
+    try:
+        rc = main(**kwargs)
+    except SystemExit as exc:  # a benchmark written as its own typer/argparse app
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return int(rc or 0)
+
+
+@app.command()
+def features() -> None:
+    """Online feature reads: the reader vs the Feast SDK (benchmarks/features.py)."""
+    raise typer.Exit(_run("features"))
+
+
+@app.command()
+def retrieval(
+    calls: int = typer.Option(3000, min=2000, help="Measured calls per bundle (after warm-up)."),
+    warmup: int = typer.Option(300, min=0, help="Unmeasured warm-up calls."),
+    k: int = typer.Option(500, min=1, help="Candidates per call."),
+) -> None:
+    """Retrieve over gRPC against a real server process (ml-100k and, if present, 1M-item bundle)."""
+    raise typer.Exit(_run("retrieval", calls=calls, warmup=warmup, k=k))
+
+
+@app.command()
+def ranking(
+    calls: int = typer.Option(3000, min=2000, help="Measured calls (after warm-up)."),
+    warmup: int = typer.Option(300, min=0, help="Unmeasured warm-up calls."),
+    candidates: int = typer.Option(500, min=1, help="Candidates ranked per call."),
+) -> None:
+    """Rank over gRPC against a real server process, features read from a private Redis."""
+    raise typer.Exit(_run("ranking", calls=calls, warmup=warmup, candidates=candidates))
+
+
+@app.command()
+def ann() -> None:
+    """FAISS index types on the 1M-item catalog (benchmarks/ann.py)."""
+    raise typer.Exit(_run("ann"))
+
+
+@app.command()
+def e2e() -> None:
+    """/recommend through gateway, retrieval and ranking (benchmarks/e2e.py)."""
+    raise typer.Exit(_run("e2e"))
+
+
+@app.command(name="all")
+def run_all() -> None:
+    """Every benchmark in turn; a failure is reported and the others still run."""
+    results = []
+    for name in BENCHMARKS:
+        console.rule(f"benchmark: {name}")
+        t = time.perf_counter()
+        try:
+            rc = _run(name)
+        except Exception as exc:  # report and go on with the next benchmark
+            console.print_exception()
+            console.print(f"[red]{name} failed: {exc!r}[/red]")
+            rc = 1
+        results.append((name, rc, time.perf_counter() - t))
+    table = Table(title="benchmarks")
+    for col in ("benchmark", "result", "seconds"):
+        table.add_column(col)
+    for name, rc, secs in results:
+        table.add_row(name, "[green]ok[/green]" if rc == 0 else f"[red]exit {rc}[/red]", f"{secs:.0f}")
+    console.print(table)
+    raise typer.Exit(0 if all(rc == 0 for _, rc, _ in results) else 1)
+
+
+if __name__ == "__main__":
+    app()

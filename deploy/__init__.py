@@ -1,0 +1,1 @@
+"""Running the stack: ``deploy.local`` (processes, ``make up/down/demo``) and the compose files."""

@@ -1,0 +1,450 @@
+"""The local stack without Docker: ``python -m deploy.local up|down|demo|status`` (``make up`` ...).
+
+``up`` starts retrieval, ranking and the gateway as background processes with logs and pid
+files in ``run/``, and waits (with a deadline) until the gateway's ``/readyz`` says both gRPC
+services are SERVING; on failure it prints the tail of each log and stops what it started.
+``down`` stops exactly the processes named by the pid files (SIGTERM, wait, SIGKILL as a last
+resort), after checking that each pid still runs the command it was started with.
+
+Redis: ``REDIS_URL`` when set; otherwise a private ``redis-server`` on a free port (when the
+binary exists; tracked in ``run/`` and stopped by ``down``) into which the features are
+materialised; otherwise Feast's embedded SQLite online store and the gateway's in-process cache.
+
+:class:`Stack` is the process manager behind all of it; the gateway tests and the end-to-end
+benchmark use it to run private stacks on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+
+from common.settings import REPO_ROOT
+
+RUN_DIR = REPO_ROOT / "run"
+STACK_FILE = "stack.json"
+STOP_ORDER = ("gateway", "ranking", "retrieval", "redis")  # front to back
+
+console = Console()
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Local stack: up, down, demo, status.")
+
+
+class StackError(RuntimeError):
+    """The stack could not be started (message says what and where to look)."""
+
+
+# -- ports -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass(frozen=True)
+class Ports:
+    gateway: int
+    retrieval: int
+    ranking: int
+    retrieval_metrics: int
+    ranking_metrics: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(5)))
+
+    @classmethod
+    def from_settings(cls) -> Ports:
+        """The configured ports (GATEWAY_PORT, RETRIEVAL_PORT, ...: defaults 8000/50051/50052)."""
+        from services.gateway.settings import GatewaySettings
+        from services.ranking.settings import RankingSettings
+        from services.retrieval.settings import RetrievalSettings
+
+        g, r, k = GatewaySettings(), RetrievalSettings(), RankingSettings()
+        return cls(g.port, r.port, k.port, r.metrics_port, k.metrics_port)
+
+    def check_free(self) -> None:
+        names = {"gateway": "GATEWAY_PORT", "retrieval": "RETRIEVAL_PORT", "ranking": "RANKING_PORT",
+                 "retrieval_metrics": "RETRIEVAL_METRICS_PORT", "ranking_metrics": "RANKING_METRICS_PORT"}
+        taken = [f"port {getattr(self, n)} ({var}) is already in use" for n, var in names.items()
+                 if port_in_use(getattr(self, n))]
+        if taken:
+            raise StackError("; ".join(taken) + ". Stop whatever listens there (`make down` if it is an earlier "
+                             "stack) or choose other ports with those variables.")
+
+
+# -- processes ---------------------------------------------------------------------------------
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (field 22 of /proc/<pid>/stat): tells a recycled pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); treat it as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Stack:
+    """Background processes with ``<run_dir>/<name>.pid`` and ``<name>.log``."""
+
+    run_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def pid_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        if self.pid_path(name).exists() and self.pid(name) is not None:
+            raise StackError(f"{name} is already running (pid {self.pid(name)}, {self.pid_path(name)}): "
+                             "run `make down` first")
+        log = open(self.log_path(name), "wb")  # noqa: SIM115 - the child owns it; a fresh log per start
+        try:
+            proc = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C in the shell does not reach it
+            )
+        finally:
+            log.close()
+        self.pid_path(name).write_text(json.dumps({"pid": proc.pid, "argv": argv, "start": _start_time(proc.pid)}))
+        self.procs[name] = proc
+        return proc
+
+    def start_module(self, name: str, module: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start(name, [sys.executable, "-m", module], env)
+
+    def pid(self, name: str) -> int | None:
+        """The pid from the pid file if that process still runs what we started."""
+        try:
+            info = json.loads(self.pid_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        pid = int(info["pid"])
+        if not _alive(pid) or _start_time(pid) != info.get("start"):
+            return None
+        # redis-server rewrites its title ("redis-server 127.0.0.1:6390"): compare the program name
+        tokens, argv = _cmdline(pid).split(), info["argv"]
+        return pid if tokens and Path(tokens[0]).name == Path(argv[0]).name else None
+
+    def names(self) -> list[str]:
+        found = {p.stem for p in self.run_dir.glob("*.pid")}
+        return [n for n in STOP_ORDER if n in found] + sorted(found - set(STOP_ORDER))
+
+    def signal(self, name: str, sig: int) -> None:
+        pid = self.pid(name)
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        os.kill(pid, sig)
+
+    def stop(self, name: str, timeout: float = 10.0) -> str:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns what happened."""
+        pid = self.pid(name)
+        proc = self.procs.pop(name, None)
+        outcome = "not running"
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                os.kill(pid, signal.SIGTERM)
+                outcome = "stopped"
+                deadline = time.monotonic() + timeout
+                while _alive(pid) and time.monotonic() < deadline:
+                    if proc is not None and proc.poll() is not None:
+                        break
+                    time.sleep(0.05)
+                if _alive(pid) and (proc is None or proc.poll() is None):
+                    os.kill(pid, signal.SIGKILL)
+                    outcome = f"killed (no exit {timeout:.0f}s after SIGTERM)"
+            except ProcessLookupError:
+                pass
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.pid_path(name).unlink(missing_ok=True)
+        return outcome
+
+    def stop_all(self, timeout: float = 10.0) -> dict[str, str]:
+        return {name: self.stop(name, timeout) for name in self.names()}
+
+    def check_alive(self, names: list[str]) -> None:
+        for name in names:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode}; last lines of "
+                                 f"{self.log_path(name)}:\n{log_tail(self.log_path(name))}")
+
+
+# -- the recsys stack --------------------------------------------------------------------------
+@dataclass
+class StackInfo:
+    gateway_url: str
+    retrieval_addr: str
+    ranking_addr: str
+    redis_url: str | None
+    redis_mode: str  # "given", "private", "embedded"
+    run_dir: str
+
+    def save(self, run_dir: Path) -> None:
+        (Path(run_dir) / STACK_FILE).write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> StackInfo:
+        path = Path(run_dir) / STACK_FILE
+        if not path.is_file():
+            raise StackError(f"no {path}: start the stack with `make up`")
+        return cls(**json.loads(path.read_text()))
+
+
+def start_redis(stack: Stack, port: int | None = None) -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server is not on PATH")
+    port = port or free_port()
+    stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                          "--dir", str(stack.run_dir)])
+    deadline = time.monotonic() + 10
+    while not port_in_use(port):
+        stack.check_alive(["redis"])
+        if time.monotonic() > deadline:
+            raise StackError(f"redis-server did not listen on {port} within 10s: {stack.log_path('redis')}")
+        time.sleep(0.05)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def materialize(redis_url: str, log_path: Path) -> None:
+    """Copy the offline features into Redis (``python -m feature_store materialize``)."""
+    with open(log_path, "ab") as log:
+        done = subprocess.run([sys.executable, "-m", "feature_store", "materialize"], cwd=REPO_ROOT,
+                              env={**os.environ, "REDIS_URL": redis_url}, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, timeout=600)
+    if done.returncode != 0:
+        raise StackError(f"materialising features into {redis_url} failed; see {log_path}:\n{log_tail(log_path)}")
+
+
+def service_env(ports: Ports, redis_url: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "RETRIEVAL_PORT": str(ports.retrieval), "RETRIEVAL_METRICS_PORT": str(ports.retrieval_metrics),
+        "RANKING_PORT": str(ports.ranking), "RANKING_METRICS_PORT": str(ports.ranking_metrics),
+        "GATEWAY_PORT": str(ports.gateway),
+        "GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{ports.retrieval}",
+        "GATEWAY_RANKING_ADDR": f"127.0.0.1:{ports.ranking}",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra or {})
+    return env
+
+
+def wait_ready(stack: Stack, url: str, names: list[str], timeout: float) -> dict:
+    """Poll ``url`` (``/readyz``) until 200; fail early when a process dies."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            stack.check_alive(names)
+            try:
+                r = client.get(url)
+                if r.status_code == 200:
+                    return r.json()
+                last = f"{r.status_code} {r.text}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n} ({stack.log_path(n)}):\n{log_tail(stack.log_path(n), 15)}" for n in names)
+                raise StackError(f"{url} not ready after {timeout:.0f}s (last: {last})\n{tails}")
+            time.sleep(0.2)
+
+
+def start_services(stack: Stack, ports: Ports, redis_url: str | None, *, extra_env: dict[str, str] | None = None,
+                   gateway_env: dict[str, str] | None = None, timeout: float = 180.0) -> str:
+    """Start retrieval, ranking and the gateway; return the gateway URL once ``/readyz`` is 200."""
+    env = service_env(ports, redis_url, extra_env)
+    stack.start_module("retrieval", "services.retrieval", env)
+    stack.start_module("ranking", "services.ranking", env)
+    stack.start_module("gateway", "services.gateway", {**env, **(gateway_env or {})})
+    url = f"http://127.0.0.1:{ports.gateway}"
+    wait_ready(stack, f"{url}/readyz", ["retrieval", "ranking", "gateway"], timeout)
+    return url
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+@app.command()
+def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")) -> None:
+    """Start retrieval, ranking and the gateway in the background; wait until ready."""
+    stack = Stack(RUN_DIR)
+    running = [n for n in stack.names() if stack.pid(n) is not None]
+    if running:
+        if {"retrieval", "ranking", "gateway"} <= set(running) and (RUN_DIR / STACK_FILE).is_file():
+            info = StackInfo.load(RUN_DIR)
+            try:  # idempotent: `make demo` twice reuses the stack
+                wait_ready(stack, f"{info.gateway_url}/readyz", [], 10)
+            except StackError as exc:
+                console.print(f"[red]the stack in {RUN_DIR} runs but is not ready: {exc}[/red]")
+                raise typer.Exit(1) from exc
+            console.print(f"already up and ready: {info.gateway_url} (`make down` stops it)")
+            return
+        console.print(f"[red]partly running: {', '.join(running)} (pid files in {RUN_DIR}); run `make down` first[/red]")
+        raise typer.Exit(1)
+    for stale in stack.names():
+        stack.pid_path(stale).unlink(missing_ok=True)
+    try:
+        ports = Ports.from_settings()
+        ports.check_free()
+        redis_url = os.environ.get("REDIS_URL") or None
+        if redis_url:
+            mode = "given"
+            console.print(f"Redis: REDIS_URL={redis_url} (features are expected there: `make materialize`)")
+        elif shutil.which("redis-server"):
+            mode = "private"
+            redis_url = start_redis(stack)
+            console.print(f"Redis: started a private redis-server at {redis_url}; materialising features…")
+            t = time.perf_counter()
+            materialize(redis_url, stack.log_path("materialize"))
+            console.print(f"       features materialised in {time.perf_counter() - t:.1f}s")
+        else:
+            mode = "embedded"
+            console.print("[yellow]No REDIS_URL and no redis-server binary: using Feast's embedded SQLite online "
+                          "store and the gateway's in-process response cache.[/yellow]")
+        console.print(f"Starting retrieval :{ports.retrieval}, ranking :{ports.ranking}, gateway :{ports.gateway} "
+                      f"(logs in {RUN_DIR}/)…")
+        t = time.perf_counter()
+        url = start_services(stack, ports, redis_url, timeout=timeout)
+    except (StackError, subprocess.TimeoutExpired) as exc:
+        console.print(f"[red]make up failed:[/red] {exc}")
+        stack.stop_all()
+        raise typer.Exit(1) from exc
+    StackInfo(url, f"127.0.0.1:{ports.retrieval}", f"127.0.0.1:{ports.ranking}", redis_url, mode,
+              str(RUN_DIR)).save(RUN_DIR)
+    console.print(f"[green]ready[/green] in {time.perf_counter() - t:.1f}s: {url}/recommend?user_id=1&k=10  "
+                  f"(docs {url}/docs, metrics {url}/metrics; `make down` stops it)")
+
+
+@app.command()
+def down(timeout: float = typer.Option(10.0, help="Seconds between SIGTERM and SIGKILL.")) -> None:
+    """Stop exactly the processes `up` started (pid files in run/)."""
+    stack = Stack(RUN_DIR)
+    names = stack.names()
+    if not names:
+        console.print("nothing to stop (no pid files in run/)")
+    for name, outcome in stack.stop_all(timeout).items():
+        console.print(f"{name}: {outcome}")
+    (RUN_DIR / STACK_FILE).unlink(missing_ok=True)
+
+
+@app.command()
+def status() -> None:
+    """Which processes of the local stack are running."""
+    stack = Stack(RUN_DIR)
+    for name in stack.names():
+        pid = stack.pid(name)
+        console.print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running (stale pid file)'}")
+
+
+def demo_users(artifacts_dir: Path, n: int = 3) -> list[str]:
+    """A few real user ids from the bundle (row 0 is the reserved unknown row)."""
+    import numpy as np
+
+    from common.bundle import load_bundle
+
+    bundle = load_bundle(artifacts_dir, verify=False)
+    ids = np.load(bundle.path("user_ids"), allow_pickle=False)
+    real = [int(i) for i in ids[1:] if i >= 0]
+    step = max(1, len(real) // n)
+    return [str(u) for u in real[::step][:n]]
+
+
+@app.command()
+def demo(k: int = typer.Option(5, min=1, max=100)) -> None:
+    """Recommendations for a few real users and one unknown user, and how to call the API."""
+    from rich.table import Table
+
+    from common.settings import ArtifactSettings
+
+    try:
+        info = StackInfo.load(RUN_DIR)
+        users = demo_users(ArtifactSettings().artifacts_dir)
+    except Exception as exc:  # noqa: BLE001 - a demo explains, it does not trace back
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    users.append("new-user-never-seen")
+    url = info.gateway_url
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        client.get("/healthz")  # connection warm-up (a /recommend here would make the first table a cache hit)
+        for user in users:
+            t = time.perf_counter()
+            r = client.get("/recommend", params={"user_id": user, "k": k})
+            ms = (time.perf_counter() - t) * 1000
+            if r.status_code != 200:
+                console.print(f"[red]user {user}: HTTP {r.status_code} {r.text}[/red]")
+                continue
+            body = r.json()
+            kind = "unknown user (cold start)" if user.startswith("new-") else "user"
+            table = Table(title=f"{kind} {user} — {ms:.1f} ms, model {body['model_version']}, "
+                                f"fallback {body['fallback']}, cached {body['cached']}")
+            table.add_column("#", justify="right")
+            table.add_column("item_id", justify="right")
+            table.add_column("title")
+            table.add_column("score", justify="right")
+            for i, item in enumerate(body["items"], 1):
+                table.add_row(str(i), str(item["item_id"]), item.get("title") or "—", f"{item['score']:.4f}")
+            console.print(table)
+    console.print("\nCall it yourself:")
+    console.print(f"  curl -s '{url}/recommend?user_id={users[0]}&k=10'")
+    console.print(f"  curl -s -X POST {url}/recommend -H 'content-type: application/json' \\\n"
+                  f"       -d '{{\"user_id\": \"{users[0]}\", \"k\": 10, \"context\": {{\"recent_item_ids\": [50, 181]}}, "
+                  f"\"exclude_item_ids\": [50]}}'")
+    console.print(f"  curl -s {url}/readyz ; curl -s {url}/metrics | grep gateway_ ; open {url}/docs")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# End-to-end test of docker-compose.yml (`make test-compose`; .ci/run calls it after `make test`
+# when a Docker engine with Compose v2 is usable).
+#
+# From a clean state: build the images, `up --wait` (redis -> offline job trains + materialises
+# -> retrieval, ranking -> gateway, prometheus), then check
+#   1. /recommend returns ranked items for a known and an unknown user (GET and POST, 422 on bad input);
+#   2. Prometheus reports every scrape target up (its HTTP API);
+#   3. `stop ranking`     -> still 200, fallback = ranking_unavailable; `start` -> full answers again;
+#   4. `pause retrieval`  -> answered within the deadline with a fallback; `unpause` -> full again
+#      (polled with a deadline: the gateway's circuit breaker probes the dependency back);
+#   5. `down -v` leaves no container, network or volume of the test project behind.
+# It always runs `down -v` on exit, and prints build time, cold `up` time, the offline job's
+# run time, request latencies and image sizes.
+#
+# PyTorch for the offline image (explicit step, see deploy/Dockerfile): the image installs
+# torch from deploy/build/wheels/ when a wheel is there, otherwise from TORCH_INDEX_URL (the
+# official CPU index). Step 0 below fills deploy/build/wheels with
+#   pip download --no-deps torch==$TORCH_VERSION -d deploy/build/wheels
+# which finds the local CPU build on machines whose pip is configured for one (find-links);
+# set TORCH_WHEEL_FETCH=0 to skip it and use the index.
+#
+# Environment: COMPOSE_TEST_PROJECT (default recsys-e2e: a project of its own, so a stack you
+# run yourself under the default name is untouched), UP_TIMEOUT_S (default 1800),
+# GATEWAY_HOST_PORT / PROMETHEUS_HOST_PORT (default: free ports). For iterating on the checks:
+# TEST_COMPOSE_REUSE=1 skips the clean start and the build and continues with whatever the
+# test project already has (its volumes: a trained bundle); the up time is then not a cold one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export COMPOSE_BAKE=false            # Compose's own builder (works without buildx)
+export COMPOSE_PROJECT_NAME=${COMPOSE_TEST_PROJECT:-recsys-e2e}
+export COMPOSE_PROFILES=              # the core stack only (the observability profile is validated, not run)
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+UP_TIMEOUT_S=${UP_TIMEOUT_S:-1800}
+REUSE=${TEST_COMPOSE_REUSE:-0}
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+
+t_start=$SECONDS
+say() { printf '\033[1;36m[test-compose %4ds]\033[0m %s\n' $((SECONDS - t_start)) "$*"; }
+fail() { printf '\033[1;31m[test-compose] FAIL:\033[0m %s\n' "$*" >&2; exit 1; }
+compose() { docker compose -p "$COMPOSE_PROJECT_NAME" "$@"; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+export GATEWAY_HOST_PORT=${GATEWAY_HOST_PORT:-$(free_port)}
+export PROMETHEUS_HOST_PORT=${PROMETHEUS_HOST_PORT:-$(free_port)}
+export PUBLISH_ADDR=127.0.0.1
+GW=http://127.0.0.1:$GATEWAY_HOST_PORT
+PROM=http://127.0.0.1:$PROMETHEUS_HOST_PORT
+
+# ---------------------------------------------------------------- preflight
+docker info >/dev/null 2>&1 || fail "no Docker engine answers (run ../shared/tools/offline-docker.sh or start one)"
+docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is not installed"
+command -v curl >/dev/null || fail "curl is needed"
+say "compose $(docker compose version --short), project $COMPOSE_PROJECT_NAME, gateway $GW, prometheus $PROM"
+
+compose config -q || fail "docker compose config does not validate"
+compose --profile observability config -q || fail "docker compose --profile observability config does not validate"
+say "ok: docker compose config and --profile observability config validate"
+
+# ---------------------------------------------------------------- step 0: torch wheel
+if [ "${TORCH_WHEEL_FETCH:-1}" != 0 ] && ! compgen -G "deploy/build/wheels/torch-${TORCH_VERSION}[-+]*.whl" >/dev/null; then
+  say "torch wheel: pip download --no-deps torch==$TORCH_VERSION -d deploy/build/wheels"
+  mkdir -p deploy/build/wheels
+  if ! "$PY" -m pip download --quiet --no-deps "torch==$TORCH_VERSION" -d deploy/build/wheels; then
+    say "torch wheel: download failed; the offline image will use TORCH_INDEX_URL"
+  fi
+fi
+wheel=$(compgen -G "deploy/build/wheels/torch-${TORCH_VERSION}[-+]*.whl" | head -n1 || true)
+say "torch for the offline image: ${wheel:-index ${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}}"
+
+# ---------------------------------------------------------------- clean state + cleanup trap
+dump_logs() {
+  echo "---- docker compose ps -a"; compose ps -a || true
+  for s in offline retrieval ranking gateway prometheus redis; do
+    echo "---- logs: $s (last 60 lines)"; compose logs --no-color --tail 60 "$s" 2>&1 || true
+  done
+}
+cleanup() {
+  rc=$?
+  trap - EXIT
+  [ $rc -ne 0 ] && dump_logs
+  say "docker compose down -v"
+  compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || true
+  exit $rc
+}
+trap cleanup EXIT
+if [ "$REUSE" = 1 ]; then
+  say "TEST_COMPOSE_REUSE=1: keeping the project's containers and volumes, not rebuilding"
+  build_s="(skipped)"
+else
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- build + cold up
+if [ "$REUSE" != 1 ]; then
+  t0=$SECONDS
+  compose build >/tmp/test-compose-build.$$.log 2>&1 || { tail -n 60 /tmp/test-compose-build.$$.log; rm -f /tmp/test-compose-build.$$.log; fail "docker compose build failed"; }
+  rm -f /tmp/test-compose-build.$$.log
+  build_s="$((SECONDS - t0))s"
+  say "images built in ${build_s}"
+fi
+
+t0=$SECONDS
+compose up -d --wait --wait-timeout "$UP_TIMEOUT_S" || fail "docker compose up --wait did not get every service healthy"
+up_s=$((SECONDS - t0))
+cold=cold; [ "$REUSE" = 1 ] && cold="NOT cold (TEST_COMPOSE_REUSE=1)"
+offline_s=$(docker inspect -f '{{.State.StartedAt}} {{.State.FinishedAt}}' "$(compose ps -aq offline)" |
+  "$PY" -c 'import sys,datetime as d; a,b=sys.stdin.read().split(); p=lambda s: d.datetime.fromisoformat(s[:26].rstrip("Z")); print(round((p(b)-p(a)).total_seconds()))')
+say "$cold up (clean volumes -> every service healthy): ${up_s}s; the offline job ran ${offline_s}s"
+compose ps
+
+# ---------------------------------------------------------------- request helpers
+# rec METHOD USER K [EXTRA_JSON] -> sets BODY, CODE, TIME_MS
+rec() {
+  local method=$1 user=$2 k=$3 extra=${4:-} out
+  if [ "$method" = GET ]; then
+    out=$(curl -s -m 10 -o /tmp/test-compose-body.$$ -w '%{http_code} %{time_total}' \
+      --get --data-urlencode "user_id=$user" --data-urlencode "k=$k" "$GW/recommend") || out="000 10"
+  else
+    out=$(curl -s -m 10 -o /tmp/test-compose-body.$$ -w '%{http_code} %{time_total}' -H 'content-type: application/json' \
+      -d "{\"user_id\": \"$user\", \"k\": $k${extra:+, $extra}}" "$GW/recommend") || out="000 10"
+  fi
+  CODE=${out%% *}
+  TIME_MS=$("$PY" -c "print(round(float('${out##* }') * 1000, 1))")
+  BODY=$(cat /tmp/test-compose-body.$$ 2>/dev/null || true)
+  rm -f /tmp/test-compose-body.$$
+}
+# jq-free field access: field EXPR (python expression over `b`, the parsed body)
+field() { printf '%s' "$BODY" | "$PY" -c "import json,sys; b=json.load(sys.stdin); v=($1); print('null' if v is None else v)"; }
+# A fresh known user per request, so the response cache never answers for a probe.
+NEXT_USER=100
+next_user() { NEXT_USER=$((NEXT_USER + 1)); USER_ID=$NEXT_USER; }
+
+expect_full() {  # a full answer: 200, k items, no fallback
+  local what=$1 k=$2
+  [ "$CODE" = 200 ] || fail "$what: HTTP $CODE: $BODY"
+  [ "$(field 'len(b["items"])')" = "$k" ] || fail "$what: expected $k items: $BODY"
+  [ "$(field 'b["fallback"]')" = null ] || fail "$what: unexpected fallback: $BODY"
+  [ -n "$(field 'b["model_version"]')" ] || fail "$what: no model_version: $BODY"
+  [ "$(field 'all(x["score"] >= y["score"] for x, y in zip(b["items"], b["items"][1:]))')" = True ] \
+    || fail "$what: items not sorted by score: $BODY"
+}
+
+# ---------------------------------------------------------------- 1. recommendations
+next_user; rec GET "$USER_ID" 10
+expect_full "known user $USER_ID (GET)" 10
+say "ok: known user $USER_ID -> 10 ranked items in ${TIME_MS} ms, model $(field 'b["model_version"]'), top: $(field 'b["items"][0].get("title") or b["items"][0]["item_id"]')"
+
+rec GET "e2e-unknown-$RANDOM$RANDOM" 10
+expect_full "unknown user (GET)" 10
+say "ok: unknown user -> 10 cold-start items in ${TIME_MS} ms"
+
+next_user; rec GET "$USER_ID" 10
+excluded=$(field '",".join(str(i["item_id"]) for i in b["items"][:3])')
+next_user_excl=$USER_ID
+rec POST "$next_user_excl" 10 "\"exclude_item_ids\": [$excluded]"
+expect_full "known user $next_user_excl (POST with exclusions)" 10
+[ "$(field "not ({${excluded}} & {i['item_id'] for i in b['items']})")" = True ] || fail "excluded ids $excluded came back: $BODY"
+say "ok: POST with exclude_item_ids [$excluded] -> 10 items, none excluded, ${TIME_MS} ms"
+
+rec GET "$USER_ID" 0
+[ "$CODE" = 422 ] || fail "k=0: expected HTTP 422, got $CODE: $BODY"
+say "ok: k=0 -> 422 ($(printf '%.120s' "$BODY"))"
+
+# ---------------------------------------------------------------- 2. prometheus targets
+deadline=$((SECONDS + 60))
+while :; do
+  targets=$(curl -s -m 5 "$PROM/api/v1/targets?state=active" || true)
+  summary=$(printf '%s' "$targets" | "$PY" -c '
+import json, sys
+try:
+    t = json.load(sys.stdin)["data"]["activeTargets"]
+except Exception:
+    print("0 none"); sys.exit()
+down = [x["labels"]["job"] + ":" + x["health"] for x in t if x["health"] != "up"]
+print(len(t), " ".join(sorted(x["labels"]["job"] + "=" + x["health"] for x in t)), "DOWN" if down or not t else "")' )
+  case "$summary" in
+    *DOWN*|"0 "*) ;;
+    *) break ;;
+  esac
+  [ $SECONDS -lt $deadline ] || fail "prometheus targets not all up after 60 s: $summary"
+  sleep 2
+done
+for job in gateway retrieval ranking; do
+  case "$summary" in *"$job=up"*) ;; *) fail "prometheus has no up target for $job: $summary" ;; esac
+done
+say "ok: prometheus targets: $summary"
+
+# ---------------------------------------------------------------- 3. ranking stopped
+compose stop ranking >/dev/null
+for i in 1 2 3 4 5; do
+  next_user; rec GET "$USER_ID" 10
+  [ "$CODE" = 200 ] || fail "ranking stopped: HTTP $CODE: $BODY"
+  [ "$(field 'b["fallback"]')" = ranking_unavailable ] || fail "ranking stopped: expected fallback ranking_unavailable: $BODY"
+  [ "$(field 'len(b["items"])')" = 10 ] || fail "ranking stopped: expected 10 items: $BODY"
+  times+=("$TIME_MS")
+done
+say "ok: ranking stopped -> 5/5 answered 200 with fallback=ranking_unavailable (ms: ${times[*]})"
+unset times
+
+# `up --no-deps` starts the stopped container alone (`compose start` would also re-run the
+# finished offline job, a dependency of ranking)
+compose up -d --no-deps ranking >/dev/null 2>&1
+deadline=$((SECONDS + 180))
+t0=$SECONDS
+while :; do
+  next_user; rec GET "$USER_ID" 10
+  [ "$CODE" = 200 ] || fail "ranking restarting: HTTP $CODE: $BODY"
+  [ "$(field 'b["fallback"]')" = null ] && break
+  [ $SECONDS -lt $deadline ] || fail "ranking restarted but answers still fall back after 180 s: $BODY"
+  sleep 1
+done
+expect_full "after ranking restart" 10
+say "ok: ranking started again -> full answers after $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------- 4. retrieval paused
+compose pause retrieval >/dev/null
+for i in 1 2 3 4 5; do
+  next_user; rec GET "$USER_ID" 10
+  [ "$CODE" = 200 ] || fail "retrieval paused: HTTP $CODE: $BODY"
+  fb=$(field 'b["fallback"]')
+  [ "$fb" != null ] || fail "retrieval paused: expected a fallback: $BODY"
+  [ "$(field 'len(b["items"])')" = 10 ] || fail "retrieval paused: expected 10 items: $BODY"
+  # the gateway's whole-request deadline is GATEWAY_REQUEST_TIMEOUT_MS (100 ms); allow 100 ms
+  # for curl, the published port's proxy and a loaded 2-core machine
+  "$PY" -c "import sys; sys.exit(0 if $TIME_MS <= ${GATEWAY_REQUEST_TIMEOUT_MS:-100} + 100 else 1)" \
+    || fail "retrieval paused: answer took ${TIME_MS} ms (deadline ${GATEWAY_REQUEST_TIMEOUT_MS:-100} ms)"
+  times+=("$TIME_MS"); reasons+=("$fb")
+done
+say "ok: retrieval paused -> 5/5 answered 200 within the deadline, fallback=${reasons[*]} (ms: ${times[*]})"
+unset times reasons
+
+compose unpause retrieval >/dev/null
+deadline=$((SECONDS + 120))
+t0=$SECONDS
+while :; do
+  next_user; rec GET "$USER_ID" 10
+  [ "$CODE" = 200 ] || fail "retrieval unpaused: HTTP $CODE: $BODY"
+  [ "$(field 'b["fallback"]')" = null ] && break
+  [ $SECONDS -lt $deadline ] || fail "retrieval unpaused but answers still fall back after 120 s: $BODY"
+  sleep 0.5
+done
+expect_full "after retrieval unpause" 10
+say "ok: retrieval unpaused -> full answers after $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------- sizes + teardown
+say "image sizes:"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^recsys-(gateway|retrieval|ranking|offline):${RECSYS_TAG:-latest} " | sort | sed 's/^/  /' || true
+say "timings: build ${build_s}, $cold up ${up_s}s (offline job ${offline_s}s)"
+
+trap - EXIT
+compose down -v --remove-orphans --timeout 20 >/dev/null
+left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+nets=$(docker network ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+[ -z "$left$vols$nets" ] || fail "down -v left containers/volumes/networks: $left $vols $nets"
+say "ok: docker compose down -v left nothing behind"
+say "PASSED in $((SECONDS - t_start))s"

@@ -1,0 +1,1 @@
+"""Offline pipeline: MovieLens-100K -> two-tower + ranker -> evaluated, gated, versioned bundle."""

@@ -1,0 +1,107 @@
+"""``python -m models data|run|scale`` (Makefile: ``data``, ``artifacts``, ``artifacts-scale``)."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.bundle import BundleError, load_bundle
+from common.settings import FeatureStoreSettings
+from models.config import PipelineConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+@app.command()
+def data() -> None:
+    """Fetch MovieLens-100K (recbole==1.2.1 wheel, data files only) into data/raw/ml-100k/."""
+    from models.data import fetch
+
+    cfg = PipelineConfig()
+    sums = fetch(cfg.raw_dir, log=console.print)
+    for name, sha in sums.items():
+        console.print(f"{cfg.raw_dir / name}  sha256 {sha[:16]}…")
+
+
+class RichReporter:
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def stage(self, name: str) -> None:
+        self.progress.console.print(f"[bold cyan]▶ {name}[/]")
+
+    def epochs(self, name: str, total: int):
+        task = self.progress.add_task(name, total=total, loss="")
+
+        def cb(loss: float) -> None:
+            self.progress.update(task, advance=1, loss=f"loss {loss:.4f}")
+        return cb
+
+    def done(self, name: str, seconds: float) -> None:
+        self.progress.console.print(f"  [green]✓[/] {name} [dim]{seconds:.1f}s[/]")
+
+
+def metrics_table(manifest: dict) -> Table:
+    m = manifest["metrics"]
+    table = Table(title=f"bundle {manifest['version']} — test set ({m['retrieval']['users']} users)")
+    table.add_column("method")
+    for k in ("recall@10", "recall@50", "recall@100", "ndcg@10"):
+        table.add_column(k, justify="right")
+    for name, label in [("popularity", "popularity"), ("retrieval", "two-tower exact"),
+                        ("retrieval_ann", "two-tower HNSW"), ("ranked", "two-tower + ranker")]:
+        table.add_row(label, *(f"{m[name][k]:.4f}" for k in ("recall@10", "recall@50", "recall@100", "ndcg@10")))
+    table.caption = (f"ANN recall@100 vs exact: {m['ann']['recall@100_vs_exact']:.4f}; served index: "
+                     f"{manifest['index']['type']}")
+    return table
+
+
+@app.command()
+def run(
+    skip_if_current: bool = typer.Option(False, "--skip-if-current", help="Exit 0 at once when artifacts/current loads and verifies."),
+    materialize: bool = typer.Option(True, help="Materialise the features into the online store at the end."),
+) -> None:
+    """data -> train -> evaluate -> gate -> publish -> feast apply + materialise."""
+    cfg = PipelineConfig()
+    if skip_if_current:
+        try:
+            b = load_bundle(cfg.artifacts_dir / "current")
+            console.print(f"artifacts/current = {b.version} verifies; skipping (drop --skip-if-current to rebuild)")
+            return
+        except BundleError as exc:
+            console.print(f"[yellow]{exc}: building[/]")
+    from models.pipeline import GateError
+    from models.pipeline import run as run_pipeline
+
+    fs_settings = FeatureStoreSettings()
+    t = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
+        try:
+            target, manifest = run_pipeline(cfg, fs_settings, RichReporter(progress), materialize=materialize)
+        except GateError as exc:
+            console.print(f"[bold red]{exc}[/]")
+            raise typer.Exit(2) from exc
+    console.print(metrics_table(manifest))
+    console.print(f"published {target} (artifacts/current) in {time.perf_counter() - t:.0f}s")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def scale(ctx: typer.Context) -> None:
+    """Synthetic 1M-item catalog from the trained item tower + tuned ANN index (models/scale.py)."""
+    try:
+        from models import scale as scale_mod
+    except ImportError as exc:
+        console.print(f"[red]models/scale.py is not available: {exc}[/]")
+        raise typer.Exit(1) from exc
+    sub = typer.Typer(add_completion=False)
+    sub.command()(scale_mod.build)
+    sub(args=list(ctx.args), prog_name="python -m models scale")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,64 @@
+"""Pipeline configuration: every knob and seed in one frozen object, recorded in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from common.settings import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 64  # embedding_dim of the bundle
+    id_dim: int = 64
+    hidden: int = 128
+    epochs: int = 6
+    finetune_epochs: int = 2  # the served model: the ranker-label model R continued on all non-test data
+    finetune_lr: float = 2e-3
+    batch_size: int = 1024
+    lr: float = 5e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.07
+    logq_correction: bool = True  # in-batch softmax with log(sampling probability) correction
+    id_dropout: float = 0.1  # drop the user id embedding so the tower also works on features
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    hidden: tuple[int, ...] = (64, 32)
+    epochs: int = 20  # at most; early stopping keeps the best epoch on 10% held-out events
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    batch_groups: int = 64  # events (lists of candidates) per step
+    n_candidates: int = 200  # retrieval candidates reranked per request (train and evaluation)
+    label_events: int = 5  # latest distinct timestamps before test held back per user for ranker labels
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    seed: int = 20261124
+    n_recent: int = 20
+    popularity_half_life_days: float = 30.0
+    item_snapshot_days: int = 7  # item_aggregates rows: one snapshot per week
+    ann_min_items: int = 50_000  # below this the served index is exact (IndexFlatIP)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    raw_dir: Path = REPO_ROOT / "data" / "raw" / "ml-100k"
+    processed_dir: Path = REPO_ROOT / "data" / "processed"
+    artifacts_dir: Path = REPO_ROOT / "artifacts"
+    torch_threads: int = 1  # 2 threads on 2 shared cores is ~4x slower (spinning)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("raw_dir", "processed_dir", "artifacts_dir"):
+            d[k] = str(d[k])
+        return d
+
+    def tiny(self) -> PipelineConfig:
+        """A config that trains in seconds (tests)."""
+        return replace(
+            self,
+            two_tower=replace(self.two_tower, dim=16, id_dim=16, hidden=32, epochs=1, finetune_epochs=1),
+            ranker=replace(self.ranker, hidden=(16,), epochs=2, n_candidates=50, label_events=2),
+        )

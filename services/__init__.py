@@ -1,0 +1,1 @@
+"""The online services: retrieval and ranking (gRPC), gateway (HTTP)."""

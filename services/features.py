@@ -1,0 +1,89 @@
+"""Online features for the gRPC services: the feature reader plus metrics and a fallback.
+
+Wraps :func:`feature_store.reader.build_reader` (docs/contracts.md) for retrieval and ranking:
+
+* parses the request's ``user_id`` (a string that is not an integer id is an unknown user:
+  cold start, no online-store round trip);
+* missing feature values are counted by the reader itself
+  (``recsys_missing_features_total{feature_view}``, in the service's registry);
+* degrades instead of failing when the online store is unreachable: the request is served with
+  the views' defaults (cold-start quality), ``recsys_feature_errors_total`` counts it and a
+  warning is logged (at most once per ``log_every`` errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client import Counter
+
+from common.grpc_server import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+_INT_ID = re.compile(r"[0-9]{1,18}")
+
+
+def parse_user_id(user_id: str) -> int | None:
+    """``"42"`` -> 42; anything else (names, negative numbers, huge numbers) -> None (unknown)."""
+    s = user_id.strip()
+    return int(s) if _INT_ID.fullmatch(s) else None
+
+
+@dataclass(frozen=True)
+class UserView:
+    values: dict[str, Any] = field(default_factory=dict)
+    missing: frozenset[str] = frozenset()
+    all_missing: bool = True
+
+
+@dataclass(frozen=True)
+class ItemView:
+    values: dict[str, np.ndarray]
+    missing: np.ndarray  # bool [N]
+
+
+class FeatureFetcher:
+    def __init__(self, reader, metrics: ServiceMetrics, log_every: int = 100) -> None:
+        self.reader = reader
+        self.metrics = metrics
+        self.errors = Counter(
+            "recsys_feature_errors_total", "Online feature reads that failed (served with defaults).",
+            ["service", "entity"], registry=metrics.registry,
+        )
+        self._errors_user = self.errors.labels(metrics.service, "user")
+        self._errors_item = self.errors.labels(metrics.service, "item")
+        self._log_every = max(1, log_every)
+        self._n_errors = 0
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._n_errors += 1
+        if self._n_errors % self._log_every == 1:
+            log.warning("online feature read failed (%s), serving defaults (%d so far): %r",
+                        what, self._n_errors, exc)
+
+    def user(self, user_id: int | None) -> UserView:
+        if user_id is None:
+            return UserView()
+        try:
+            feats = self.reader.user_features(user_id)
+        except Exception as exc:  # online store down: degrade to defaults, never fail the call
+            self._errors_user.inc()
+            self._failed("user", exc)
+            return UserView()
+        missing = frozenset(feats.missing)
+        values = dict(feats.values)
+        return UserView(values, missing, all_missing=missing.issuperset(values.keys()))
+
+    def items(self, item_ids: np.ndarray) -> ItemView:
+        try:
+            feats = self.reader.item_features(item_ids)
+        except Exception as exc:
+            self._errors_item.inc()
+            self._failed("items", exc)
+            return ItemView({}, np.ones(item_ids.size, bool))
+        return ItemView(feats.values, np.asarray(feats.missing, bool))

@@ -1,0 +1,1 @@
+"""HTTP gateway: ``/recommend`` over retrieval and ranking (``python -m services.gateway``)."""

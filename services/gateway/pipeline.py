@@ -1,0 +1,277 @@
+"""The /recommend pipeline: cache -> retrieval -> ranking -> filters -> cache write.
+
+Each stage has a name (used in metrics and spans) and a budget. The whole request has a deadline
+(``GATEWAY_REQUEST_TIMEOUT_MS``); each gRPC call gets ``min(stage budget, time left)`` as its
+gRPC deadline, so a slow dependency can never hold a request past its deadline.
+
+Fallback ladder (the rung is named in the response's ``fallback``):
+
+=========================  =====================================================================
+``None``                   retrieval + ranking answered
+``ranking_unavailable``    ranking failed / timed out / breaker open: retrieval order
+``retrieval_unavailable``  retrieval failed: the start-up popular list, re-ranked by ranking
+``all_unavailable``        both failed: the start-up popular list as is (empty if the bundle
+                           was unreadable)
+=========================  =====================================================================
+
+A Redis failure is not a rung: the request is served without cache, counted in
+``gateway_cache_errors_total`` and the ``redis`` breaker state. No dependency failure becomes a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass
+from itertools import islice
+
+import grpc
+import orjson
+
+from common.proto.recsys.v1 import (
+    common_pb2,
+    ranking_pb2,
+    ranking_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+from services.gateway.breaker import CircuitBreaker
+from services.gateway.cache import ResponseCache, cache_key
+from services.gateway.catalog import Catalog
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+# Codes that say something about the dependency's health (they count towards its breaker).
+DEPENDENCY_FAILURES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
+})
+MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback at once
+
+RANKING_UNAVAILABLE = "ranking_unavailable"
+RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
+ALL_UNAVAILABLE = "all_unavailable"
+
+
+@dataclass(frozen=True)
+class Query:
+    user_id: str
+    k: int
+    recent_item_ids: tuple[int, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+    exclude_item_ids: tuple[int, ...] = ()
+
+    def shape(self) -> dict | None:
+        if not self.recent_item_ids and not self.attributes:
+            return None
+        return {"recent": list(self.recent_item_ids), "attrs": dict(self.attributes)}
+
+
+@dataclass
+class Result:
+    items: list[dict]
+    model_version: str
+    fallback: str | None
+    cached: bool
+
+
+class Recommender:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        retrieval_channel: grpc.aio.Channel,
+        ranking_channel: grpc.aio.Channel,
+        cache: ResponseCache,
+        catalog: Catalog,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
+        self.ranking = ranking_pb2_grpc.RankingServiceStub(ranking_channel)
+        self.cache = cache
+        self.catalog = catalog
+        self.metrics = metrics
+        self.model_version = catalog.version or "unknown"
+        breaker = dict(failure_threshold=settings.breaker_failure_threshold, reset_s=settings.breaker_reset_s,
+                       on_state=metrics.set_breaker_state)
+        self.breakers = {name: CircuitBreaker(name, **breaker) for name in ("retrieval", "ranking", "redis")}
+        self._popular = [
+            common_pb2.Candidate(item_id=i, score=s, source="popular_fallback") for i, s in catalog.popular
+        ]
+        self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "retrieval", "ranking", "filters", "total")}
+        self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in (RANKING_UNAVAILABLE, RETRIEVAL_UNAVAILABLE, ALL_UNAVAILABLE)}
+        self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
+        self._writes: set[asyncio.Task] = set()
+        metrics.model.info({"version": self.model_version, "source": "bundle" if catalog.version else "none"})
+        metrics.catalog_items.set(len(catalog.titles))
+        metrics.popular_items.set(len(catalog.popular))
+
+    # -- public ------------------------------------------------------------------------------
+    async def recommend(self, q: Query) -> Result:
+        start = time.perf_counter()
+        deadline = start + self.settings.request_timeout_ms / 1000.0
+        key = cache_key(self.model_version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids))
+        hit = await self._cache_get(key)
+        if hit is not None:
+            payload = orjson.loads(hit)
+            self._stage["total"].observe(time.perf_counter() - start)
+            return Result(payload["items"], payload["model_version"], None, True)
+
+        exclude = frozenset(q.exclude_item_ids)
+        context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
+        candidates, version = await self._retrieve(q, context, deadline)
+        if candidates is None:
+            wanted = max(self.settings.num_candidates, q.k)
+            candidates = list(islice((c for c in self._popular if c.item_id not in exclude), wanted))
+            retrieval_failed = True
+        else:
+            retrieval_failed = False
+            for source, n in Tally(c.source for c in candidates).items():
+                self.metrics.candidates.labels(source=source or "unknown").observe(n)
+
+        ranked, rank_version = await self._rank(q, context, candidates, deadline) if candidates else (None, None)
+        ranking_failed = bool(candidates) and ranked is None
+        version = rank_version or version or self.model_version
+
+        t = time.perf_counter()
+        # ranked items, or the candidates in retrieval (or popularity) order when ranking failed
+        items = self._filter(candidates if ranked is None else ranked, exclude, q.k)
+        self._stage["filters"].observe(time.perf_counter() - t)
+
+        fallback = None
+        if retrieval_failed:
+            fallback = ALL_UNAVAILABLE if ranking_failed or not candidates else RETRIEVAL_UNAVAILABLE
+        elif ranking_failed:
+            fallback = RANKING_UNAVAILABLE
+        if fallback is not None:
+            self._fallbacks[fallback].inc()
+        elif version != self.model_version:
+            # the services moved to a new bundle: key the cache by what is actually served
+            self.model_version = version
+            self.metrics.model.info({"version": version, "source": "services"})
+        if fallback is None and self.cache.enabled:
+            value = orjson.dumps({"items": items, "model_version": version})
+            task = asyncio.create_task(self._cache_set(
+                cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), value))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        self._stage["total"].observe(time.perf_counter() - start)
+        return Result(items, version, fallback, False)
+
+    async def drain(self) -> None:
+        """Wait for pending cache writes (shutdown)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- stages ------------------------------------------------------------------------------
+    async def _cache_get(self, key: str) -> bytes | None:
+        if not self.cache.enabled:
+            self._cache_result["bypass"].inc()
+            return None
+        breaker = self.breakers["redis"]
+        if not breaker.allow():
+            self._cache_result["error"].inc()
+            return None
+        t = time.perf_counter()
+        try:
+            value = await self.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - any cache failure means "serve without cache"
+            breaker.record_failure()
+            self.metrics.cache_errors.labels(operation="get").inc()
+            self._cache_result["error"].inc()
+            log.debug("cache get failed: %r", exc)
+            return None
+        except BaseException:  # cancelled: no verdict on Redis
+            breaker.release()
+            raise
+        finally:
+            self._stage["cache"].observe(time.perf_counter() - t)
+        breaker.record_success()
+        self._cache_result["hit" if value is not None else "miss"].inc()
+        return value
+
+    async def _cache_set(self, key: str, value: bytes) -> None:
+        breaker = self.breakers["redis"]
+        if not breaker.allow():
+            return
+        try:
+            await self.cache.set(key, value)
+        except Exception as exc:  # noqa: BLE001
+            breaker.record_failure()
+            self.metrics.cache_errors.labels(operation="set").inc()
+            log.debug("cache set failed: %r", exc)
+        except BaseException:
+            breaker.release()
+            raise
+        else:
+            breaker.record_success()
+
+    async def _call(self, name: str, method, request, budget_s: float, deadline: float):
+        """One gRPC call under the dependency's breaker and ``min(budget, time left)``."""
+        breaker = self.breakers[name]
+        timeout = min(budget_s, deadline - time.perf_counter())
+        if timeout < MIN_CALL_BUDGET_S:
+            self.metrics.dependency_errors.labels(dependency=name, code="no_budget").inc()
+            return None
+        if not breaker.allow():
+            self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
+            return None
+        t = time.perf_counter()
+        try:
+            response = await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
+            if code in DEPENDENCY_FAILURES:
+                breaker.record_failure()
+            else:  # e.g. INVALID_ARGUMENT: our request, not their health
+                breaker.release()
+                log.warning("%s refused the request: %s %s", name, code.name, exc.details())
+            return None
+        except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
+            breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
+            raise
+        finally:
+            self._stage[name].observe(time.perf_counter() - t)
+        breaker.record_success()
+        return response
+
+    async def _retrieve(self, q: Query, context, deadline: float):
+        request = retrieval_pb2.RetrieveRequest(
+            user_id=q.user_id, k=max(self.settings.num_candidates, q.k), context=context,
+            exclude_item_ids=q.exclude_item_ids,
+        )
+        response = await self._call("retrieval", self.retrieval.Retrieve, request,
+                                    self.settings.retrieval_timeout_ms / 1000.0, deadline)
+        if response is None:
+            return None, None
+        return response.candidates, response.model_version
+
+    async def _rank(self, q: Query, context, candidates, deadline: float):
+        request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context)
+        response = await self._call("ranking", self.ranking.Rank, request,
+                                    self.settings.ranking_timeout_ms / 1000.0, deadline)
+        if response is None:
+            return None, None
+        return response.items, response.model_version
+
+    def _filter(self, scored, exclude: frozenset[int], k: int) -> list[dict]:
+        """Exclusions and de-duplication over best-first ``scored`` (messages with ``item_id`` and
+        ``score``), stopping at the k-th kept item; titles from the catalog."""
+        titles = self.catalog.titles
+        seen: set[int] = set()
+        items: list[dict] = []
+        for entry in scored:
+            item_id = entry.item_id
+            if item_id in exclude or item_id in seen:
+                continue
+            seen.add(item_id)
+            items.append({"item_id": item_id, "score": round(entry.score, 6), "title": titles.get(item_id)})
+            if len(items) == k:
+                break
+        return items

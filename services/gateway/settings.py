@@ -1,0 +1,41 @@
+"""Gateway settings (env prefix ``GATEWAY_``), read once by ``python -m services.gateway``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.settings import REPO_ROOT
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the gateway binds (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port of the gateway.")
+    retrieval_addr: str = Field("127.0.0.1:50051", description="host:port of the retrieval gRPC service.")
+    ranking_addr: str = Field("127.0.0.1:50052", description="host:port of the ranking gRPC service.")
+    request_timeout_ms: float = Field(100.0, gt=0, description="Deadline of a whole /recommend request.")
+    retrieval_timeout_ms: float = Field(40.0, gt=0, description="Budget of the retrieval call (capped by what is left of the request deadline).")
+    ranking_timeout_ms: float = Field(40.0, gt=0, description="Budget of the ranking call (capped by what is left of the request deadline).")
+    cache_timeout_ms: float = Field(10.0, gt=0, description="Budget of each response-cache read or write.")
+    num_candidates: int = Field(300, ge=1, le=2000, description="Candidates asked from retrieval and sent to ranking.")
+    cache_ttl_s: int = Field(60, ge=0, description="Response cache TTL in seconds; 0 disables the cache.")
+    cache_max_entries: int = Field(10000, ge=1, description="Size of the in-process cache used when REDIS_URL is unset.")
+    max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST /recommend body.")
+    max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids accepted in one request.")
+    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open a dependency's circuit breaker.")
+    breaker_reset_s: float = Field(2.0, gt=0, description="Seconds an open breaker waits before letting one probe through (half-open).")
+    readiness_timeout_ms: float = Field(500.0, gt=0, description="Timeout of the gRPC health checks behind /readyz.")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL"),
+        description="Redis for the Feast online store and the response cache; unset = embedded SQLite online store.",
+    )
+    artifacts_dir: Path = Field(
+        REPO_ROOT / "artifacts" / "current",
+        validation_alias=AliasChoices("ARTIFACTS_DIR"),
+        description="Artifact bundle to serve (a version folder or the `current` link).",
+    )

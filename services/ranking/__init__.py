@@ -1,0 +1,1 @@
+"""Ranking service: scores retrieval candidates with the ONNX ranker over online features."""

@@ -1,0 +1,19 @@
+"""Ranking settings (env prefix ``RANKING_``), read once by ``python -m services.ranking``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RankingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKING_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the ranking gRPC server binds (0.0.0.0 in containers).")
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port of the ranking service.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the ranking Prometheus endpoint.")
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port of the ranking service.")
+    grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: seconds in-flight ranking calls get to finish.")
+    max_candidates: int = Field(2000, ge=1, description="Most candidates a Rank call may carry (INVALID_ARGUMENT above).")
+    warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
+    log_level: str = Field("INFO", description="Log level of the ranking service.")

@@ -1,0 +1,1 @@
+"""Retrieval service: two-tower (ONNX user tower + FAISS) and popularity candidate sources."""

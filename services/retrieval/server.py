@@ -1,0 +1,68 @@
+"""``recsys.v1.RetrievalService`` over gRPC: validation, the pipeline, the response."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from common.proto.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
+from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult
+from services.retrieval.settings import RetrievalSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+MAX_USER_ID_LEN = 256
+
+
+def validate(request: retrieval_pb2.RetrieveRequest, settings: RetrievalSettings) -> str | None:
+    """The reason the request is invalid, or None."""
+    if not request.user_id.strip():
+        return "user_id is required"
+    if len(request.user_id) > MAX_USER_ID_LEN:
+        return f"user_id is longer than {MAX_USER_ID_LEN} characters"
+    if request.k <= 0:
+        return f"k must be positive, got {request.k}"
+    if request.k > settings.max_k:
+        return f"k must be at most {settings.max_k}, got {request.k}"
+    if len(request.exclude_item_ids) > settings.max_exclude_ids:
+        return f"at most {settings.max_exclude_ids} exclude_item_ids, got {len(request.exclude_item_ids)}"
+    if len(request.context.recent_item_ids) > settings.max_context_items:
+        return (f"at most {settings.max_context_items} context.recent_item_ids, "
+                f"got {len(request.context.recent_item_ids)}")
+    return None
+
+
+def to_response(result: RetrievalResult) -> retrieval_pb2.RetrieveResponse:
+    # ``candidates.add(...)`` in a loop is ~3x faster than building Candidate objects and
+    # passing a list (upb copies each message); ~0.3 ms for 500 candidates.
+    response = retrieval_pb2.RetrieveResponse(model_version=result.model_version)
+    add = response.candidates.add
+    names = result.source_names
+    for i, s, c in zip(result.item_ids.tolist(), result.scores.tolist(), result.source_codes.tolist(), strict=True):
+        add(item_id=i, score=s, source=names[c])
+    return response
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, settings: RetrievalSettings) -> None:
+        self.settings = settings
+        self.pipeline: RetrievalPipeline | None = None  # set once the artifacts are loaded
+
+    async def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext):
+        pipeline = self.pipeline
+        if pipeline is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "retrieval is loading its artifacts")
+        if (reason := validate(request, self.settings)) is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
+        # saves on 1-2 cores; scale out with processes/replicas.
+        result = pipeline.retrieve(
+            request.user_id,
+            request.k,
+            recent_item_ids=np.fromiter(request.context.recent_item_ids, np.int64),
+            exclude_item_ids=np.fromiter(request.exclude_item_ids, np.int64),
+        )
+        return to_response(result)

@@ -1,0 +1,24 @@
+"""Retrieval settings (env prefix ``RETRIEVAL_``), read once by ``python -m services.retrieval``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetrievalSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVAL_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface the retrieval gRPC server binds (0.0.0.0 in containers).")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port of the retrieval service.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the retrieval Prometheus endpoint.")
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port of the retrieval service.")
+    grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: seconds in-flight retrieval calls get to finish.")
+    max_k: int = Field(1000, ge=1, description="Largest k a Retrieve call may ask for (INVALID_ARGUMENT above).")
+    max_exclude_ids: int = Field(5000, ge=0, description="Most exclude_item_ids accepted in one Retrieve call.")
+    max_context_items: int = Field(100, ge=0, description="Most context.recent_item_ids accepted in one Retrieve call.")
+    exclude_recent: bool = Field(True, description="Also exclude the user's recent (already seen) items from the results.")
+    nprobe: int | None = Field(None, ge=1, description="FAISS IVF nprobe override; unset = the bundle's tuned value.")
+    ef_search: int | None = Field(None, ge=1, description="FAISS HNSW efSearch override; unset = the bundle's tuned value.")
+    warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
+    log_level: str = Field("INFO", description="Log level of the retrieval service.")

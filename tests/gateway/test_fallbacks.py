@@ -1,0 +1,204 @@
+"""The fallback ladder against real processes: dependencies stalled (SIGSTOP), killed (SIGKILL)
+or stopped (SIGTERM), and their recovery. Tests run in file order and each repairs what it broke."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from common.settings import REPO_ROOT
+from deploy.local import Stack, free_port, wait_ready
+
+
+def _poll(fn, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def _breaker(metrics: str, name: str) -> str:
+    for line in metrics.splitlines():
+        if line.startswith(f'gateway_circuit_breaker_state{{breaker="{name}"') and line.endswith(" 1.0"):
+            return line.split('gateway_circuit_breaker_state="')[1].split('"')[0]
+    raise AssertionError(f"no breaker state for {name}")
+
+
+def _counter(metrics: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_healthy_baseline(fragile, known_users):
+    body = fragile.get(known_users[0]).json()
+    assert body["fallback"] is None and len(body["items"]) == 10
+
+
+def test_ranking_stalled_falls_back_to_retrieval_order_then_recovers(fragile, known_users):
+    fragile.stack.signal("ranking", signal.SIGSTOP)
+    try:
+        times, bodies = [], []
+        for user in known_users[10:30]:
+            t = time.perf_counter()
+            r = fragile.get(user, k=10)
+            times.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+            bodies.append(r.json())
+        assert all(b["fallback"] == "ranking_unavailable" for b in bodies)
+        assert all(len(b["items"]) == 10 for b in bodies)
+        assert all(not b["cached"] for b in bodies)
+        # no request waits past the 100 ms deadline (+ HTTP overhead on a busy machine)
+        assert max(times) < 0.5, times
+        # the breaker opened: later requests did not wait for the ranking budget at all
+        assert sorted(times)[len(times) // 2] < 0.03, times
+        m = fragile.metrics()
+        assert _breaker(m, "ranking") in ("open", "half_open")
+        assert _counter(m, 'gateway_fallbacks_total{reason="ranking_unavailable"}') >= 20
+        assert _counter(m, 'gateway_dependency_errors_total{code="DEADLINE_EXCEEDED",dependency="ranking"}') >= 1
+    finally:
+        fragile.stack.signal("ranking", signal.SIGCONT)
+    # half-open probe succeeds after the 0.5 s cool-down: back to ranked results
+    recovered = _poll(lambda: fragile.get(known_users[31]).json()["fallback"] is None)
+    assert recovered
+    assert _breaker(fragile.metrics(), "ranking") == "closed"
+    # a degraded answer was not cached: the same key now gets the ranked list
+    assert fragile.get(known_users[10]).json()["fallback"] is None
+
+
+def test_ranking_killed_every_request_is_200(fragile, known_users):
+    fragile.stack.signal("ranking", signal.SIGKILL)
+    try:
+        codes, fallbacks = [], set()
+        for user in known_users[:100]:
+            r = fragile.get(user, k=9)  # k=9: no earlier test cached these keys
+            codes.append(r.status_code)
+            fallbacks.add(r.json().get("fallback"))
+        assert codes == [200] * 100
+        assert fallbacks == {"ranking_unavailable"}
+        ready = fragile.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["dependencies"]["ranking"] != "SERVING"
+    finally:
+        fragile.restart("ranking")
+    assert _poll(lambda: fragile.get(known_users[200]).json()["fallback"] is None)
+
+
+def test_retrieval_down_serves_popular_items_ranked(fragile, known_users, popular):
+    fragile.stack.signal("retrieval", signal.SIGTERM)
+    try:
+        _poll(lambda: fragile.stack.pid("retrieval") is None, timeout=15)
+        r = fragile.get(known_users[5], k=10)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["fallback"] == "retrieval_unavailable"
+        ids = [i["item_id"] for i in body["items"]]
+        assert len(ids) == 10 and set(ids) <= set(popular)
+        scores = [i["score"] for i in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+        excl = fragile.client.post("/recommend", json={"user_id": known_users[5], "k": 10,
+                                                        "exclude_item_ids": ids[:3]}).json()
+        assert not set(ids[:3]) & {i["item_id"] for i in excl["items"]}
+    finally:
+        fragile.restart("retrieval")
+    assert _poll(lambda: fragile.get(known_users[6]).json()["fallback"] is None)
+
+
+def test_everything_down_serves_the_startup_popular_list(fragile, known_users, popular):
+    for name in ("retrieval", "ranking"):
+        fragile.stack.signal(name, signal.SIGSTOP)
+    try:
+        for user in (known_users[7], "unknown-user"):
+            r = fragile.get(user, k=10)
+            assert r.status_code == 200
+            body = r.json()
+            assert body["fallback"] == "all_unavailable"
+            assert [i["item_id"] for i in body["items"]] == popular[:10]
+            assert all(i["title"] for i in body["items"])
+    finally:
+        for name in ("retrieval", "ranking"):
+            fragile.stack.signal(name, signal.SIGCONT)
+    assert _poll(lambda: fragile.get(known_users[8]).json()["fallback"] is None)
+
+
+def test_redis_down_serves_without_cache(fragile, known_users):
+    user = known_users[40]
+    fragile.get(user)
+    assert _poll(lambda: fragile.get(user).json()["cached"])
+    fragile.cache_stack.signal("redis", signal.SIGKILL)
+    bodies = [fragile.get(user) for _ in range(10)]
+    assert all(b.status_code == 200 for b in bodies)
+    assert all(b.json()["cached"] is False and b.json()["fallback"] is None for b in bodies)
+    m = fragile.metrics()
+    assert _counter(m, "gateway_cache_errors_total") >= 1
+    assert _counter(m, 'gateway_cache_requests_total{result="error"}') >= 10
+    assert _breaker(m, "redis") in ("open", "half_open")
+
+
+def test_gateway_starts_with_an_unreadable_bundle(fragile, tmp_path, known_users):
+    """A broken bundle is not fatal to the gateway: empty catalog, said in metrics and /readyz."""
+    stack = Stack(tmp_path)
+    port = free_port()
+    env = {k: v for k, v in fragile.env.items() if k.startswith(("GATEWAY_", "REDIS_URL"))}
+    env.update(GATEWAY_PORT=str(port), ARTIFACTS_DIR=str(tmp_path / "missing"), GATEWAY_CACHE_TTL_S="0")
+    stack.start_module("gateway", "services.gateway", env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ready = wait_ready(stack, f"{url}/readyz", ["gateway"], 60)
+        assert ready["bundle"] is None and "no artifact bundle" in ready["bundle_error"]
+        with httpx.Client(base_url=url, timeout=5) as c:
+            body = c.get("/recommend", params={"user_id": known_users[0], "k": 5}).json()
+            assert body["fallback"] is None and len(body["items"]) == 5
+            assert all(i["title"] is None for i in body["items"])
+            assert "gateway_catalog_items 0.0" in c.get("/metrics").text
+    finally:
+        stack.stop_all()
+
+
+def test_sigterm_stops_the_gateway_cleanly(tmp_path, fragile):
+    port = free_port()
+    env = {**os.environ, **{k: v for k, v in fragile.env.items() if k.startswith("GATEWAY_")},
+           "GATEWAY_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert _poll(lambda: _up(port), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the SIGTERM it captured
+        assert proc.wait(timeout=10) in (0, -signal.SIGTERM)
+        out = proc.stdout.read().decode()
+        assert "Application shutdown complete" in out, out[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_readyz_is_503_when_a_dependency_is_not_serving(tmp_path, fragile):
+    stack = Stack(tmp_path)
+    port = free_port()
+    env = {"GATEWAY_PORT": str(port), "GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{free_port()}",
+           "GATEWAY_RANKING_ADDR": fragile.env["GATEWAY_RANKING_ADDR"], "GATEWAY_CACHE_TTL_S": "0"}
+    stack.start_module("gateway", "services.gateway", env)
+    try:
+        assert _poll(lambda: _up(port), timeout=30)
+        r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert r.status_code == 503
+        deps = r.json()["dependencies"]
+        assert deps["retrieval"] == "UNAVAILABLE" and deps["ranking"] == "SERVING"
+        assert json.loads(r.text)["ready"] is False
+    finally:
+        stack.stop_all()

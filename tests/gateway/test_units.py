@@ -1,0 +1,105 @@
+"""Narrow unit tests: breaker state machine, cache keys, in-process cache, settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from services.gateway.cache import InProcessCache, NullCache, build_cache, cache_key
+from services.gateway.metrics import GatewayMetrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_threshold_and_probes_back():
+    clock, states = Clock(), []
+    b = CircuitBreaker("ranking", failure_threshold=3, reset_s=2.0, clock=clock,
+                       on_state=lambda name, s: states.append((name, s)))
+    for _ in range(2):
+        assert b.allow()
+        b.record_failure()
+    assert b.state == CLOSED
+    assert b.allow()
+    b.record_failure()
+    assert b.state == OPEN and not b.allow()
+    clock.t = 1.9
+    assert not b.allow()
+    clock.t = 2.0
+    assert b.state == HALF_OPEN
+    assert b.allow(), "one probe goes through"
+    assert not b.allow(), "only one probe at a time"
+    b.record_failure()
+    assert b.state == OPEN, "a failed probe re-opens"
+    clock.t = 4.5
+    assert b.allow()
+    b.record_success()
+    assert b.state == CLOSED and b.allow()
+    assert states[0] == ("ranking", CLOSED) and ("ranking", OPEN) in states and ("ranking", HALF_OPEN) in states
+
+
+def test_breaker_success_resets_the_failure_count():
+    b = CircuitBreaker("x", failure_threshold=2, reset_s=1.0, clock=Clock())
+    b.record_failure()
+    b.record_success()
+    b.record_failure()
+    assert b.state == CLOSED
+
+
+def test_breaker_state_is_exported():
+    m = GatewayMetrics()
+    b = CircuitBreaker("retrieval", failure_threshold=1, reset_s=1.0, on_state=m.set_breaker_state, clock=Clock())
+    b.record_failure()
+    from prometheus_client import generate_latest
+
+    text = generate_latest(m.registry).decode()
+    assert 'gateway_circuit_breaker_state{breaker="retrieval",gateway_circuit_breaker_state="open"} 1.0' in text
+
+
+def test_cache_key_covers_version_user_k_and_shape():
+    base = cache_key("v1", "42", 10, None, [])
+    assert base != cache_key("v2", "42", 10, None, [])
+    assert base != cache_key("v1", "43", 10, None, [])
+    assert base != cache_key("v1", "42", 11, None, [])
+    assert base != cache_key("v1", "42", 10, None, [5])
+    assert base != cache_key("v1", "42", 10, {"recent": [1]}, [])
+    assert cache_key("v1", "42", 10, None, [5, 3, 5]) == cache_key("v1", "42", 10, None, [3, 5])
+
+
+def test_in_process_cache_expires_and_evicts():
+    clock = Clock()
+    c = InProcessCache(ttl_s=10, max_entries=2, clock=clock)
+
+    async def scenario():
+        await c.set("a", b"1")
+        await c.set("b", b"2")
+        assert await c.get("a") == b"1"
+        await c.set("c", b"3")  # evicts the least recently used: b
+        assert await c.get("b") is None
+        clock.t = 10.0
+        assert await c.get("a") is None
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("url", "ttl", "kind"), [(None, 0, NullCache), ("redis://127.0.0.1:1/0", 0, NullCache),
+                                                  (None, 5, InProcessCache)])
+def test_build_cache(url, ttl, kind):
+    assert isinstance(build_cache(url, ttl, 10, 0.01), kind)
+
+
+def test_a_cancelled_probe_does_not_wedge_a_half_open_breaker():
+    clock = Clock()
+    b = CircuitBreaker("ranking", failure_threshold=1, reset_s=1.0, clock=clock)
+    b.record_failure()
+    clock.t = 1.0
+    assert b.allow()  # the probe
+    b.release()  # ... was cancelled
+    assert b.allow(), "the next request may probe again"

@@ -1,0 +1,103 @@
+"""The published bundle (`make artifacts`): checksums, contents, quality targets, index recall."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.bundle import REQUIRED_FILES, BundleError, load_bundle, metric
+from common.model_inputs import ModelInputs
+
+METHODS = ("popularity", "retrieval", "retrieval_ann", "ranked")
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_path):
+    return load_bundle(bundle_path)
+
+
+def test_manifest_checksums_verify_and_contract_keys(bundle):
+    m = bundle.manifest
+    for key in ("format_version", "version", "created_at", "dataset", "files", "embedding_dim", "genres",
+                "user_tower", "ranker_features", "ranker", "index", "metrics", "training", "libraries"):
+        assert key in m, key
+    for name in (*REQUIRED_FILES, "item_tower", "item_ids", "user_ids", "item_catalog"):
+        assert bundle.path(name).is_file(), name
+    assert len(m["dataset"]["sha256"]) == 3
+    for method in METHODS:
+        for k in ("recall@10", "recall@50", "recall@100", "ndcg@10"):
+            assert 0.0 <= metric(m, f"{method}.{k}") <= 1.0
+    assert m["training"]["seed"] == m["training"]["config"]["seed"]
+
+
+def test_tampered_file_is_rejected(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    load_bundle(copy)  # an intact copy verifies
+    ranker = copy / bundle.manifest["files"]["ranker"]["path"]
+    data = bytearray(ranker.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ranker.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 mismatch for ranker"):
+        load_bundle(copy)
+    (copy / bundle.manifest["files"]["popular_items"]["path"]).unlink()
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+
+
+def test_quality_targets(bundle):
+    m = bundle.manifest
+    assert metric(m, "retrieval.recall@100") > metric(m, "popularity.recall@100")
+    assert metric(m, "ann.recall@100_vs_exact") >= 0.95
+    assert metric(m, "ranked.ndcg@10") >= metric(m, "retrieval.ndcg@10")
+
+
+def test_ids_catalog_and_popular_items(bundle):
+    user_ids = np.load(bundle.path("user_ids"), allow_pickle=False)
+    item_ids = np.load(bundle.path("item_ids"), allow_pickle=False)
+    assert user_ids[0] == -1 and item_ids[0] == -1
+    assert len(np.unique(item_ids)) == len(item_ids)
+    popular = json.loads(bundle.path("popular_items").read_text())
+    scores = [p["score"] for p in popular]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0)
+    assert set(p["item_id"] for p in popular) <= set(item_ids[1:].tolist())
+    catalog = pd.read_parquet(bundle.path("item_catalog"))
+    assert list(catalog.columns) == ["item_id", "title", "year"]
+    assert sorted(catalog["item_id"]) == sorted(item_ids[1:].tolist())
+
+
+def test_index_matches_exact_search_over_item_tower_embeddings(bundle):
+    import faiss
+    import onnxruntime as ort
+
+    from models.pipeline import build_hnsw
+
+    m = bundle.manifest
+    index = faiss.read_index(str(bundle.path("item_index")))
+    item_ids = np.load(bundle.path("item_ids"), allow_pickle=False)
+    assert index.ntotal == len(item_ids) - 1 == m["index"]["ntotal"]
+    # embeddings from the exported item tower (its own inputs, described in the manifest)
+    catalog = pd.read_parquet(bundle.path("item_catalog")).set_index("item_id").loc[item_ids[1:]]
+    from common.settings import FeatureStoreSettings
+
+    prof = pd.read_parquet(FeatureStoreSettings().offline_dir / "item_profile.parquet").set_index("item_id")
+    genres = np.stack(prof.loc[item_ids[1:], "genres"].to_numpy()).astype(np.float32)
+    sess = ort.InferenceSession(str(bundle.path("item_tower")), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [i["name"] for i in m["item_tower"]["inputs"]]
+    emb = sess.run(None, {"item_idx": np.arange(1, len(item_ids), dtype=np.int64), "item_genres": genres,
+                          "item_year": catalog["year"].to_numpy(np.float32)})[0]
+    # queries: real user embeddings of cold-ish users from the user tower
+    inputs = ModelInputs.from_bundle(bundle)
+    users = np.load(bundle.path("user_ids"), allow_pickle=False)[1:200]
+    feed = inputs.user_tower_feed_batch(users, [{}] * len(users), [item_ids[1 + (u % 50):4 + (u % 50)] for u in users])
+    q = ort.InferenceSession(str(bundle.path("user_tower")), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    exact = np.argsort(-(q @ emb.T), axis=1)[:, :100]
+    exact_ids = item_ids[1:][exact]
+    _, served = index.search(q, 100)
+    assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(served, exact_ids, strict=True)]) >= 0.99
+    _, ann = build_hnsw(emb, item_ids[1:]).search(q, 100)
+    assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(ann, exact_ids, strict=True)]) >= 0.95

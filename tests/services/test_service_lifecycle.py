@@ -1,0 +1,45 @@
+"""Refusal of a missing or tampered bundle: a clear log line and a non-zero exit, never SERVING.
+
+(Health transitions and SIGTERM are checked on the servers of the other modules.)"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import spawn_service, stop_process
+from common.bundle import MANIFEST
+
+
+def _refused(name: str, env: dict[str, str], log: Path) -> tuple[int, str]:
+    proc, _, _ = spawn_service(name, env, log)
+    try:
+        rc = proc.wait(timeout=60)
+    finally:
+        stop_process(proc)
+    return rc, log.read_text()
+
+
+@pytest.mark.parametrize("name", ["retrieval", "ranking"])
+def test_missing_bundle_is_refused(name, services_env, tmp_path):
+    env = {**services_env, "ARTIFACTS_DIR": str(tmp_path / "no-such-bundle")}
+    rc, text = _refused(name, env, tmp_path / "log")
+    assert rc != 0
+    assert f"{name}: refusing to serve: no artifact bundle at {tmp_path / 'no-such-bundle'}" in text
+
+
+@pytest.mark.parametrize("name", ["retrieval", "ranking"])
+def test_tampered_bundle_is_refused(name, services_env, bundle_path, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_path.resolve(), copy)
+    target = copy / "ranker.onnx" if (copy / "ranker.onnx").exists() else next(
+        p for p in sorted(copy.iterdir()) if p.name != MANIFEST and p.is_file())
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte
+    target.write_bytes(bytes(data))
+    rc, text = _refused(name, {**services_env, "ARTIFACTS_DIR": str(copy)}, tmp_path / "log")
+    assert rc != 0
+    assert f"{name}: refusing to serve:" in text and "sha256 mismatch" in text
+    assert "SERVING\n" not in text.replace("NOT_SERVING", "")
