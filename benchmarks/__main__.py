@@ -43,7 +43,8 @@ def _run(name: str, **kwargs) -> int:
         rc = main(**kwargs)
     except SystemExit as exc:  # a benchmark written as its own typer/argparse app
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return int(rc or 0)
+    # benchmarks return their figures (a dict, also written to bench-results/) or an exit code
+    return rc if isinstance(rc, int) else 0
 
 
 @app.command()

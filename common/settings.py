@@ -31,6 +31,10 @@ class FeatureStoreSettings(Base):
     repo_path: Path = Field(REPO_ROOT / "feature_store" / "repo", description="Feast repo (feature definitions).")
     data_dir: Path = Field(REPO_ROOT / "data" / "feast", description="Feast registry and the embedded SQLite online store.")
     offline_dir: Path = Field(REPO_ROOT / "data" / "features", description="Offline parquet sources written by the pipeline.")
+    enforce_ttl: bool = Field(
+        True,
+        description="Serving: treat online rows older than their feature view's TTL as missing (Feast 0.67's SDK does not).",
+    )
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL"),

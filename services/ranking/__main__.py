@@ -29,7 +29,7 @@ def main() -> int:
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256 first
         from feature_store.reader import build_reader
 
-        fetcher = FeatureFetcher(build_reader(feast, registry=metrics.registry), metrics)
+        fetcher = FeatureFetcher(build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl), metrics)
         pipeline = RankingPipeline.load_artifacts(bundle, fetcher, metrics)
         pipeline.warm_up(settings.warmup_requests)
         metrics.set_model(bundle.version)

@@ -35,7 +35,7 @@ def main() -> int:
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256 first
         from feature_store.reader import build_reader
 
-        fetcher = FeatureFetcher(build_reader(feast, registry=metrics.registry), metrics)
+        fetcher = FeatureFetcher(build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl), metrics)
         pipeline = RetrievalPipeline.load_artifacts(
             bundle, fetcher, metrics, nprobe=settings.nprobe, ef_search=settings.ef_search,
             exclude_recent=settings.exclude_recent,

@@ -59,7 +59,7 @@ def test_scores_match_the_in_process_pipeline(ranking_stub, bundle, services_fea
     from services.ranking.pipeline import RankingPipeline
 
     metrics = ServiceMetrics("ranking")
-    pipeline = RankingPipeline.load_artifacts(bundle, FeatureFetcher(build_reader(services_feast, registry=metrics.registry), metrics), metrics)
+    pipeline = RankingPipeline.load_artifacts(bundle, FeatureFetcher(build_reader(services_feast, registry=metrics.registry, enforce_ttl=services_feast.enforce_ttl), metrics), metrics)
     ids = catalog[10:110]
     retrieval_scores = np.linspace(0.9, 0.1, ids.size).astype(np.float32)
     local = pipeline.rank(known_user, ids, retrieval_scores)

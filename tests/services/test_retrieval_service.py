@@ -136,7 +136,7 @@ def test_in_process_pipeline_returns_what_the_server_returns(retrieval_stub, bun
     from services.retrieval.pipeline import RetrievalPipeline
 
     metrics = ServiceMetrics("retrieval")
-    pipeline = RetrievalPipeline.load_artifacts(bundle, FeatureFetcher(build_reader(services_feast, registry=metrics.registry), metrics), metrics)
+    pipeline = RetrievalPipeline.load_artifacts(bundle, FeatureFetcher(build_reader(services_feast, registry=metrics.registry, enforce_ttl=services_feast.enforce_ttl), metrics), metrics)
     local = pipeline.retrieve(known_user, 50, exclude_item_ids=np.array([1, 2, 3]))
     remote = retrieval_stub.Retrieve(Req(user_id=known_user, k=50, exclude_item_ids=[1, 2, 3]), timeout=5)
     assert local.item_ids.tolist() == ids_of(remote)
