@@ -1,12 +1,13 @@
 """``python -m benchmarks all|features|retrieval|ranking|ann|e2e`` (``make bench`` runs ``all``).
 
-Each benchmark module exposes ``main()`` returning an exit code; modules are imported lazily,
+Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 
 import typer
@@ -39,6 +40,8 @@ def _run(name: str, **kwargs) -> int:
     if main is None:
         console.print(f"[red]{name}: {module_name} has no main()[/red]")
         return 2
+    if "argv" in inspect.signature(main).parameters:
+        kwargs.setdefault("argv", [])  # argparse-style main(argv): never let it read our own sys.argv
     try:
         rc = main(**kwargs)
     except SystemExit as exc:  # a benchmark written as its own typer/argparse app

@@ -57,10 +57,7 @@ def variables() -> Iterator[Var]:
         prefix = model.model_config.get("env_prefix", "")
         for name, field in model.model_fields.items():
             alias = field.validation_alias
-            if alias is not None:
-                env = getattr(alias, "choices", [alias])[0]
-            else:
-                env = f"{prefix}{name}"
+            env = getattr(alias, "choices", [alias])[0] if alias is not None else f"{prefix}{name}"
             env = str(env).upper()
             if env in seen:  # shared fields (REDIS_URL, ARTIFACTS_DIR) are listed once
                 continue
