@@ -32,8 +32,11 @@ class FeatureStoreSettings(Base):
     data_dir: Path = Field(REPO_ROOT / "data" / "feast", description="Feast registry and the embedded SQLite online store.")
     offline_dir: Path = Field(REPO_ROOT / "data" / "features", description="Offline parquet sources written by the pipeline.")
     enforce_ttl: bool = Field(
-        True,
-        description="Serving: treat online rows older than their feature view's TTL as missing (Feast 0.67's SDK does not).",
+        False,
+        description=(
+            "Serving: treat online rows older than their feature view's TTL as missing (Feast 0.67's SDK does not). "
+            "Off for the replayed 1998 MovieLens history, whose pushed context would all be expired; turn on for live data."
+        ),
     )
     redis_url: str | None = Field(
         None,
