@@ -42,7 +42,7 @@ BUNDLE = REPO_ROOT / "artifacts" / "current"
 def main(calls: int = 3000, warmup: int = 300, candidates: int = 500) -> int:
     import grpc
 
-    from common.proto.recsys.v1 import ranking_pb2, ranking_pb2_grpc
+    from common.proto.recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 
     if not (BUNDLE / "manifest.json").is_file():
         console.print("[red]no artifacts/current bundle: run `make artifacts` first[/red]")
@@ -54,13 +54,11 @@ def main(calls: int = 3000, warmup: int = 300, candidates: int = 500) -> int:
     rng = np.random.default_rng(11)
     requests = []
     for u in rng.choice(user_ids, size=256).tolist():
-        req = ranking_pb2.RankRequest(user_id=str(u))
-        add = req.candidates.add
         ids = rng.choice(item_ids, size=n, replace=False)
         scores = np.sort(rng.random(n, dtype=np.float32))[::-1]
-        for i, s in zip(ids.tolist(), scores.tolist(), strict=True):
-            add(item_id=i, score=s, source="two_tower")
-        requests.append(req)
+        cands = common_pb2.CandidateList(item_ids=ids.tolist(), scores=scores.tolist(),
+                                         source_index=[0] * n, source_names=["two_tower"])
+        requests.append(ranking_pb2.RankRequest(user_id=str(u), candidates=cands))
     with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="bench-ranking-") as tmp:
         settings = feast_settings(redis_url, Path(tmp) / "feast")
         secs = materialise(settings)
@@ -70,8 +68,8 @@ def main(calls: int = 3000, warmup: int = 300, candidates: int = 500) -> int:
         with run_service("ranking", env, Path(tmp)) as svc, grpc.insecure_channel(svc.address) as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
             first = stub.Rank(requests[0], timeout=10)
-            if len(first.items) != n:
-                raise BenchError(f"ranked {len(first.items)} items, sent {n}")
+            if len(first.item_ids) != n:
+                raise BenchError(f"ranked {len(first.item_ids)} items, sent {n}")
             lat = measure(lambda i: stub.Rank(requests[i % len(requests)], timeout=5), calls, warmup)
             server = server_stage_means(svc.metrics_port)  # includes warm-up calls
     stats = summary(lat)

@@ -69,8 +69,8 @@ def bench_one(label: str, bundle_dir: Path, env: dict[str, str], log_dir: Path, 
             grpc.insecure_channel(svc.address) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
         first = stub.Retrieve(requests[0], timeout=10)
-        if len(first.candidates) != k:
-            raise BenchError(f"{label}: asked for {k} candidates, got {len(first.candidates)}")
+        if len(first.candidates.item_ids) != k:
+            raise BenchError(f"{label}: asked for {k} candidates, got {len(first.candidates.item_ids)}")
         lat = measure(lambda i: stub.Retrieve(requests[i % len(requests)], timeout=5), calls, warmup)
         server = server_stage_means(svc.metrics_port)  # includes warm-up calls
     stats = summary(lat)

@@ -25,9 +25,9 @@ import logging
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass
-from itertools import islice
 
 import grpc
+import numpy as np
 import orjson
 
 from common.proto.recsys.v1 import (
@@ -55,6 +55,7 @@ MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback
 RANKING_UNAVAILABLE = "ranking_unavailable"
 RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
 ALL_UNAVAILABLE = "all_unavailable"
+POPULAR_FALLBACK_SOURCE = "popular_fallback"  # source name of the popular-list candidates
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,9 @@ class Recommender:
         breaker = dict(failure_threshold=settings.breaker_failure_threshold, reset_s=settings.breaker_reset_s,
                        on_state=metrics.set_breaker_state)
         self.breakers = {name: CircuitBreaker(name, **breaker) for name in ("retrieval", "ranking", "redis")}
-        self._popular = [
-            common_pb2.Candidate(item_id=i, score=s, source="popular_fallback") for i, s in catalog.popular
-        ]
+        # the popular list as arrays; scores rounded to float32 like any candidate score on the wire
+        self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
+        self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)
         self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "retrieval", "ranking", "filters", "total")}
         self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in (RANKING_UNAVAILABLE, RETRIEVAL_UNAVAILABLE, ALL_UNAVAILABLE)}
         self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
@@ -126,26 +127,27 @@ class Recommender:
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
         candidates, version = await self._retrieve(q, context, deadline)
         if candidates is None:
-            wanted = max(self.settings.num_candidates, q.k)
-            candidates = list(islice((c for c in self._popular if c.item_id not in exclude), wanted))
+            candidates = self._popular_candidates(exclude, max(self.settings.num_candidates, q.k))
             retrieval_failed = True
         else:
             retrieval_failed = False
-            for source, n in Tally(c.source for c in candidates).items():
-                self.metrics.candidates.labels(source=source or "unknown").observe(n)
+            self._observe_sources(candidates)
+        has_candidates = len(candidates.item_ids) > 0
 
-        ranked, rank_version = await self._rank(q, context, candidates, deadline) if candidates else (None, None)
-        ranking_failed = bool(candidates) and ranked is None
+        # retrieval's CandidateList goes into the Rank request as is (no per-item objects)
+        ranked, rank_version = await self._rank(q, context, candidates, deadline) if has_candidates else (None, None)
+        ranking_failed = has_candidates and ranked is None
         version = rank_version or version or self.model_version
 
         t = time.perf_counter()
         # ranked items, or the candidates in retrieval (or popularity) order when ranking failed
-        items = self._filter(candidates if ranked is None else ranked, exclude, q.k)
+        best_first = candidates if ranked is None else ranked
+        items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
         self._stage["filters"].observe(time.perf_counter() - t)
 
         fallback = None
         if retrieval_failed:
-            fallback = ALL_UNAVAILABLE if ranking_failed or not candidates else RETRIEVAL_UNAVAILABLE
+            fallback = ALL_UNAVAILABLE if ranking_failed or not has_candidates else RETRIEVAL_UNAVAILABLE
         elif ranking_failed:
             fallback = RANKING_UNAVAILABLE
         if fallback is not None:
@@ -167,6 +169,28 @@ class Recommender:
         """Wait for pending cache writes (shutdown)."""
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+    # -- candidates --------------------------------------------------------------------------
+    def _popular_candidates(self, exclude: frozenset[int], wanted: int) -> common_pb2.CandidateList:
+        """The first ``wanted`` items of the start-up popular list that are not excluded."""
+        ids = self._popular_ids
+        keep = np.flatnonzero(~np.isin(ids, np.fromiter(exclude, np.int64, len(exclude))))[:wanted]
+        return common_pb2.CandidateList(
+            item_ids=ids[keep].tolist(), scores=self._popular_scores[keep].tolist(),
+            source_index=[0] * keep.size, source_names=[POPULAR_FALLBACK_SOURCE],
+        )
+
+    def _observe_sources(self, candidates: common_pb2.CandidateList) -> None:
+        """``gateway_candidates{source}``: how many candidates each source contributed."""
+        names = candidates.source_names
+        per_source: Tally[str] = Tally()
+        if candidates.source_index:
+            for index, n in Tally(candidates.source_index).items():
+                per_source[(names[index] if index < len(names) else "") or "unknown"] += n
+        elif candidates.item_ids:
+            per_source["unknown"] = len(candidates.item_ids)
+        for source, n in per_source.items():
+            self.metrics.candidates.labels(source=source).observe(n)
 
     # -- stages ------------------------------------------------------------------------------
     async def _cache_get(self, key: str) -> bytes | None:
@@ -258,20 +282,20 @@ class Recommender:
                                     self.settings.ranking_timeout_ms / 1000.0, deadline)
         if response is None:
             return None, None
-        return response.items, response.model_version
+        return response, response.model_version
 
-    def _filter(self, scored, exclude: frozenset[int], k: int) -> list[dict]:
-        """Exclusions and de-duplication over best-first ``scored`` (messages with ``item_id`` and
-        ``score``), stopping at the k-th kept item; titles from the catalog."""
+    def _filter(self, item_ids, scores, exclude: frozenset[int], k: int) -> list[dict]:
+        """Exclusions and de-duplication over best-first parallel ``item_ids``/``scores`` (packed
+        repeated fields), stopping at the k-th kept item; titles from the catalog."""
         titles = self.catalog.titles
         seen: set[int] = set()
         items: list[dict] = []
-        for entry in scored:
-            item_id = entry.item_id
+        # strict=False: a malformed reply (arrays of different lengths) is cut to the shorter one
+        for item_id, score in zip(item_ids, scores, strict=False):
             if item_id in exclude or item_id in seen:
                 continue
             seen.add(item_id)
-            items.append({"item_id": item_id, "score": round(entry.score, 6), "title": titles.get(item_id)})
+            items.append({"item_id": item_id, "score": round(score, 6), "title": titles.get(item_id)})
             if len(items) == k:
                 break
         return items

@@ -7,7 +7,7 @@ import logging
 import grpc
 import numpy as np
 
-from common.proto.recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
+from common.proto.recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult
 from services.retrieval.settings import RetrievalSettings
 
@@ -36,14 +36,17 @@ def validate(request: retrieval_pb2.RetrieveRequest, settings: RetrievalSettings
 
 
 def to_response(result: RetrievalResult) -> retrieval_pb2.RetrieveResponse:
-    # ``candidates.add(...)`` in a loop is ~3x faster than building Candidate objects and
-    # passing a list (upb copies each message); ~0.3 ms for 500 candidates.
-    response = retrieval_pb2.RetrieveResponse(model_version=result.model_version)
-    add = response.candidates.add
-    names = result.source_names
-    for i, s, c in zip(result.item_ids.tolist(), result.scores.tolist(), result.source_codes.tolist(), strict=True):
-        add(item_id=i, score=s, source=names[c])
-    return response
+    # Packed parallel arrays from Python lists: one C-level copy per array (~0.1 ms for 500
+    # candidates) instead of one Candidate message per item.
+    return retrieval_pb2.RetrieveResponse(
+        candidates=common_pb2.CandidateList(
+            item_ids=result.item_ids.tolist(),
+            scores=result.scores.tolist(),
+            source_index=result.source_codes.tolist(),
+            source_names=result.source_names,
+        ),
+        model_version=result.model_version,
+    )
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from services.gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
@@ -103,3 +104,44 @@ def test_a_cancelled_probe_does_not_wedge_a_half_open_breaker():
     assert b.allow()  # the probe
     b.release()  # ... was cancelled
     assert b.allow(), "the next request may probe again"
+
+
+def _recommender(popular=((10, 0.9), (11, 0.8), (12, 0.7), (13, 0.6))):
+    import grpc
+
+    from services.gateway.catalog import Catalog
+    from services.gateway.pipeline import Recommender
+    from services.gateway.settings import GatewaySettings
+
+    channel = grpc.insecure_channel("127.0.0.1:1")  # never called: the stubs only need a channel
+    return Recommender(GatewaySettings(), retrieval_channel=channel, ranking_channel=channel, cache=NullCache(),
+                       catalog=Catalog(version="v", titles={11: "Eleven"}, popular=popular), metrics=GatewayMetrics())
+
+
+def test_popular_fallback_candidates_skip_excluded_items_and_keep_float32_scores():
+    rec = _recommender()
+    cands = rec._popular_candidates(frozenset({11}), 2)
+    assert list(cands.item_ids) == [10, 12]
+    assert list(cands.scores) == [float(np.float32(0.9)), float(np.float32(0.7))]
+    assert [cands.source_names[i] for i in cands.source_index] == ["popular_fallback"] * 2
+    assert len(_recommender(popular=())._popular_candidates(frozenset(), 5).item_ids) == 0
+
+
+def test_filter_excludes_dedups_and_stops_at_k():
+    rec = _recommender()
+    items = rec._filter([12, 11, 12, 13, 10], [0.5, 0.4, 0.3, 0.25, 0.1], frozenset({13}), 3)
+    assert items == [{"item_id": 12, "score": 0.5, "title": None}, {"item_id": 11, "score": 0.4, "title": "Eleven"},
+                     {"item_id": 10, "score": 0.1, "title": None}]
+
+
+def test_candidate_sources_are_observed_per_name():
+    from common.proto.recsys.v1 import common_pb2
+
+    rec = _recommender()
+    rec._observe_sources(common_pb2.CandidateList(item_ids=[1, 2, 3], scores=[0.3, 0.2, 0.1],
+                                                  source_index=[0, 1, 0], source_names=["two_tower", ""]))
+    rec._observe_sources(common_pb2.CandidateList(item_ids=[4], scores=[0.1]))
+    get = rec.metrics.registry.get_sample_value
+    assert get("gateway_candidates_sum", {"source": "two_tower"}) == 2
+    assert get("gateway_candidates_sum", {"source": "unknown"}) == 2
+    assert get("gateway_candidates_count", {"source": "unknown"}) == 2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.bundle import load_bundle
-from common.proto.recsys.v1 import ranking_pb2
+from common.proto.recsys.v1 import common_pb2, ranking_pb2
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,20 @@ def known_user(bundle) -> str:
 
 
 def rank_request(user_id: str, item_ids, scores=None) -> ranking_pb2.RankRequest:
-    req = ranking_pb2.RankRequest(user_id=user_id)
     scores = np.linspace(1, 0, len(item_ids)) if scores is None else scores
-    for i, s in zip(item_ids, scores, strict=True):
-        req.candidates.add(item_id=int(i), score=float(s), source="two_tower")
-    return req
+    cands = common_pb2.CandidateList(
+        item_ids=[int(i) for i in item_ids], scores=[float(s) for s in scores],
+        source_index=[0] * len(item_ids), source_names=["two_tower"],
+    )
+    return ranking_pb2.RankRequest(user_id=user_id, candidates=cands)
 
 
 def test_returns_the_same_ids_sorted_by_score(ranking_stub, bundle, catalog, known_user):
     ids = np.random.default_rng(0).choice(catalog, 300, replace=False)
     resp = ranking_stub.Rank(rank_request(known_user, ids), timeout=5)
-    got = [it.item_id for it in resp.items]
+    got = list(resp.item_ids)
     assert sorted(got) == sorted(ids.tolist())
-    scores = [it.score for it in resp.items]
+    scores = list(resp.scores)
     assert scores == sorted(scores, reverse=True)
     assert len(set(scores)) > 1  # a real model, not a constant
     assert resp.model_version == bundle.version
@@ -49,7 +50,7 @@ def test_returns_the_same_ids_sorted_by_score(ranking_stub, bundle, catalog, kno
 def test_unknown_user_is_ranked(ranking_stub, catalog):
     ids = catalog[:50]
     resp = ranking_stub.Rank(rank_request("not-a-known-user", ids), timeout=5)
-    assert sorted(it.item_id for it in resp.items) == sorted(ids.tolist())
+    assert sorted(resp.item_ids) == sorted(ids.tolist())
 
 
 def test_scores_match_the_in_process_pipeline(ranking_stub, bundle, services_feast, catalog, known_user):
@@ -64,8 +65,8 @@ def test_scores_match_the_in_process_pipeline(ranking_stub, bundle, services_fea
     retrieval_scores = np.linspace(0.9, 0.1, ids.size).astype(np.float32)
     local = pipeline.rank(known_user, ids, retrieval_scores)
     resp = ranking_stub.Rank(rank_request(known_user, ids, retrieval_scores), timeout=5)
-    assert [it.item_id for it in resp.items] == local.item_ids.tolist()
-    np.testing.assert_allclose([it.score for it in resp.items], local.scores, rtol=1e-5, atol=1e-6)
+    assert list(resp.item_ids) == local.item_ids.tolist()
+    np.testing.assert_allclose(list(resp.scores), local.scores, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,31 @@ def test_bad_requests_are_invalid_argument_with_a_message(ranking_stub, user_id,
         ranking_stub.Rank(rank_request(user_id, list(range(1, n + 1))), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        (dict(item_ids=[1, 2, 3], scores=[0.5, 0.4]), "candidates.scores has 2 entries"),
+        (dict(item_ids=[1, 2], scores=[0.5, 0.4], source_index=[0], source_names=["two_tower"]),
+         "candidates.source_index has 1 entries"),
+        (dict(item_ids=[1, 2], scores=[0.5, 0.4], source_index=[0, 1], source_names=["two_tower"]),
+         "candidates.source_index must be below"),
+    ],
+)
+def test_inconsistent_candidate_arrays_are_invalid_argument(ranking_stub, candidates, message):
+    request = ranking_pb2.RankRequest(user_id="1", candidates=common_pb2.CandidateList(**candidates))
+    with pytest.raises(grpc.RpcError) as info:
+        ranking_stub.Rank(request, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+def test_candidates_without_sources_are_ranked(ranking_stub, catalog, known_user):
+    ids = catalog[:20].tolist()
+    request = ranking_pb2.RankRequest(
+        user_id=known_user, candidates=common_pb2.CandidateList(item_ids=ids, scores=[0.5] * len(ids)))
+    assert sorted(ranking_stub.Rank(request, timeout=5).item_ids) == sorted(ids)
 
 
 def test_non_finite_retrieval_score_is_invalid_argument(ranking_stub, catalog):

@@ -36,7 +36,12 @@ def known_user(bundle) -> str:
 
 
 def ids_of(resp) -> list[int]:
-    return [c.item_id for c in resp.candidates]
+    return list(resp.candidates.item_ids)
+
+
+def sources_of(resp) -> list[str]:
+    names = resp.candidates.source_names
+    return [names[i] for i in resp.candidates.source_index]
 
 
 def test_known_user_gets_k_distinct_catalog_items(retrieval_stub, bundle, item_ids, known_user):
@@ -45,8 +50,9 @@ def test_known_user_gets_k_distinct_catalog_items(retrieval_stub, bundle, item_i
     assert len(ids) == 100 and len(set(ids)) == 100
     assert set(ids) <= item_ids
     assert resp.model_version == bundle.version
-    assert resp.candidates[0].source == "two_tower"
-    tt = [c.score for c in resp.candidates if c.source == "two_tower"]
+    assert sources_of(resp)[0] == "two_tower"
+    assert len(resp.candidates.scores) == len(resp.candidates.source_index) == 100
+    tt = [s for s, src in zip(resp.candidates.scores, sources_of(resp), strict=True) if src == "two_tower"]
     assert tt == sorted(tt, reverse=True)  # nearest first
 
 
@@ -64,7 +70,7 @@ def test_cold_start_unknown_user_gets_popular_items(retrieval_stub, popular_ids)
     for user in ("someone-new", "987654321"):
         resp = retrieval_stub.Retrieve(Req(user_id=user, k=20), timeout=5)
         assert ids_of(resp) == popular_ids[:20]
-        assert {c.source for c in resp.candidates} == {"popular"}
+        assert set(sources_of(resp)) == {"popular"}
 
 
 def test_cold_start_respects_exclusion(retrieval_stub, popular_ids):
@@ -80,7 +86,7 @@ def test_session_context_personalises_an_anonymous_user(retrieval_stub, popular_
         resp = retrieval_stub.Retrieve(Req(user_id="anonymous-session", k=30, context=ctx), timeout=5)
         ids = ids_of(resp)
         assert len(ids) == 30 and len(set(ids)) == 30
-        assert resp.candidates[0].source == "two_tower"
+        assert sources_of(resp)[0] == "two_tower"
         assert not set(ids) & set(recent)  # seen items are not recommended again
         results.append(ids)
     assert results[0] != results[1]
@@ -140,8 +146,8 @@ def test_in_process_pipeline_returns_what_the_server_returns(retrieval_stub, bun
     local = pipeline.retrieve(known_user, 50, exclude_item_ids=np.array([1, 2, 3]))
     remote = retrieval_stub.Retrieve(Req(user_id=known_user, k=50, exclude_item_ids=[1, 2, 3]), timeout=5)
     assert local.item_ids.tolist() == ids_of(remote)
-    assert local.sources() == [c.source for c in remote.candidates]
-    np.testing.assert_allclose(local.scores, [c.score for c in remote.candidates], rtol=1e-5, atol=1e-6)
+    assert local.sources() == sources_of(remote)
+    np.testing.assert_allclose(local.scores, list(remote.candidates.scores), rtol=1e-5, atol=1e-6)
 
 
 def test_health_was_not_serving_while_loading_then_serving(retrieval):
