@@ -2,65 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import sys
 
-from common.bundle import load_bundle
-from common.grpc_server import ServerSpec, ServiceMetrics, configure_logging, serve
 from common.proto.recsys.v1 import retrieval_pb2_grpc
-from common.settings import ArtifactSettings, FeatureStoreSettings
-from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
-from services.features import FeatureFetcher
 from services.retrieval.pipeline import RetrievalPipeline
 from services.retrieval.server import SERVICE_NAME, RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
-
-log = logging.getLogger("services.retrieval")
+from services.runner import run_service
 
 
 def main() -> int:
     # Before FAISS (OpenMP) loads: one query per call, so one thread per search in every thread.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     settings = RetrievalSettings()
-    artifacts = ArtifactSettings()
-    feast = FeatureStoreSettings()
-    configure_logging(settings.log_level)
-    tracing = setup_tracing(TelemetrySettings(), "retrieval")
-    metrics = ServiceMetrics("retrieval")
-    servicer = RetrievalServicer(settings)
-
-    def load() -> None:
-        bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256 first
-        from feature_store.reader import build_reader
-
-        fetcher = FeatureFetcher(build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl), metrics)
-        pipeline = RetrievalPipeline.load_artifacts(
-            bundle, fetcher, metrics, nprobe=settings.nprobe, ef_search=settings.ef_search,
-            exclude_recent=settings.exclude_recent,
-        )
-        pipeline.warm_up(settings.warmup_requests)
-        metrics.set_model(bundle.version)
-        servicer.pipeline = pipeline
-
-    spec = ServerSpec(
+    return run_service(
         name="retrieval",
         service_full_name=SERVICE_NAME,
-        host=settings.host,
-        port=settings.port,
-        metrics_host=settings.metrics_host,
-        metrics_port=settings.metrics_port,
-        grace_seconds=settings.grace_period_s,
-        add_servicer=lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
-        load=load,
-        metrics=metrics,
-        extra_interceptors=grpc_server_interceptors(tracing),
+        settings=settings,
+        servicer=RetrievalServicer(settings),
+        add_servicer=retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
+        build_pipeline=lambda bundle, fetcher, metrics: RetrievalPipeline.load_artifacts(
+            bundle, fetcher, metrics, nprobe=settings.nprobe, ef_search=settings.ef_search,
+            exclude_recent=settings.exclude_recent,
+        ),
     )
-    try:
-        return asyncio.run(serve(spec))
-    finally:
-        tracing.shutdown()
 
 
 if __name__ == "__main__":

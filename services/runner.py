@@ -1,0 +1,61 @@
+"""The start-up both gRPC services share: settings, logging, tracing, metrics, the bundle and
+feature reader loaded in ``load`` (verified before anything else), warm-up, then ``serve``.
+
+Each ``services/<name>/__main__.py`` only says how to build its pipeline from the bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from common.bundle import Bundle, load_bundle
+from common.grpc_server import ServerSpec, ServiceMetrics, configure_logging, serve
+from common.settings import ArtifactSettings, FeatureStoreSettings
+from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
+from services.features import FeatureFetcher
+
+
+def run_service(
+    *,
+    name: str,
+    service_full_name: str,
+    settings: Any,  # the service's settings: host, port, metrics_*, grace_period_s, warmup_requests, log_level
+    servicer: Any,  # has a ``pipeline`` attribute, set once loaded
+    add_servicer: Callable[[Any, Any], None],  # the generated add_*Servicer_to_server
+    build_pipeline: Callable[[Bundle, FeatureFetcher, ServiceMetrics], Any],
+) -> int:
+    artifacts = ArtifactSettings()
+    feast = FeatureStoreSettings()
+    configure_logging(settings.log_level)
+    tracing = setup_tracing(TelemetrySettings(), name)
+    metrics = ServiceMetrics(name)
+
+    def load() -> None:
+        bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256 first
+        from feature_store.reader import build_reader  # imports feast: after the bundle check
+
+        reader = build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl)
+        pipeline = build_pipeline(bundle, FeatureFetcher(reader, metrics), metrics)
+        pipeline.warm_up(settings.warmup_requests)
+        metrics.set_model(bundle.version)
+        servicer.pipeline = pipeline
+
+    spec = ServerSpec(
+        name=name,
+        service_full_name=service_full_name,
+        host=settings.host,
+        port=settings.port,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+        grace_seconds=settings.grace_period_s,
+        add_servicer=lambda server: add_servicer(servicer, server),
+        load=load,
+        metrics=metrics,
+        extra_interceptors=grpc_server_interceptors(tracing),
+    )
+    try:
+        return asyncio.run(serve(spec))
+    finally:
+        tracing.shutdown()
