@@ -6,9 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 
 from services.gateway.breaker import STATES
 
-# 0.25 ms .. 1 s: the interesting range of a request with a 100 ms deadline.
+# 0.1 ms .. 1 s: the interesting range of a request with a 100 ms deadline.
 LATENCY_BUCKETS = (
-    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
     0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
 )
 CANDIDATE_BUCKETS = (0, 1, 10, 50, 100, 200, 300, 500, 1000, 2000)
@@ -40,6 +40,15 @@ class GatewayMetrics:
         self.dependency_errors = Counter(
             "gateway_dependency_errors_total", "Failed calls to a dependency by error code (or breaker_open).",
             ["dependency", "code"], registry=r,
+        )
+        self.dependency_wait = Histogram(
+            "gateway_dependency_wait_seconds",
+            "Time a call waited in the gateway for a free slot of the dependency's bulkhead.",
+            ["dependency"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.dependency_in_flight = Gauge(
+            "gateway_dependency_in_flight", "Calls in flight to each dependency (bounded by its bulkhead).",
+            ["dependency"], registry=r,
         )
         self.candidates = Histogram(
             "gateway_candidates", "Candidates per request by candidate source.", ["source"],

@@ -37,7 +37,7 @@ from common.proto.recsys.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from services.gateway.breaker import CircuitBreaker
+from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker
 from services.gateway.cache import ResponseCache, cache_key
 from services.gateway.catalog import Catalog
 from services.gateway.metrics import GatewayMetrics
@@ -98,9 +98,16 @@ class Recommender:
         self.catalog = catalog
         self.metrics = metrics
         self.model_version = catalog.version or "unknown"
-        breaker = dict(failure_threshold=settings.breaker_failure_threshold, reset_s=settings.breaker_reset_s,
+        breaker = dict(failure_rate=settings.breaker_failure_rate, window=settings.breaker_window,
+                       min_calls=settings.breaker_min_calls, reset_s=settings.breaker_reset_s,
                        on_state=metrics.set_breaker_state)
         self.breakers = {name: CircuitBreaker(name, **breaker) for name in ("retrieval", "ranking", "redis")}
+        self.bulkheads = {"retrieval": Bulkhead("retrieval", settings.retrieval_max_in_flight),
+                          "ranking": Bulkhead("ranking", settings.ranking_max_in_flight)}
+        self._wait = {}
+        for name, bulkhead in self.bulkheads.items():
+            metrics.dependency_in_flight.labels(dependency=name).set_function(lambda b=bulkhead: b.in_flight)
+            self._wait[name] = metrics.dependency_wait.labels(dependency=name)
         # the popular list as arrays; scores rounded to float32 like any candidate score on the wire
         self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
         self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)
@@ -236,34 +243,47 @@ class Recommender:
             breaker.record_success()
 
     async def _call(self, name: str, method, request, budget_s: float, deadline: float):
-        """One gRPC call under the dependency's breaker and ``min(budget, time left)``."""
-        breaker = self.breakers[name]
-        timeout = min(budget_s, deadline - time.perf_counter())
-        if timeout < MIN_CALL_BUDGET_S:
+        """One gRPC call: a bulkhead slot (waiting at most until the request deadline), the
+        dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline."""
+        breaker, bulkhead = self.breakers[name], self.bulkheads[name]
+        if deadline - time.perf_counter() < MIN_CALL_BUDGET_S:
             self.metrics.dependency_errors.labels(dependency=name, code="no_budget").inc()
             return None
-        if not breaker.allow():
+        if breaker.state == OPEN:  # refuse before queueing; allow() below takes the probe
             self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
             return None
         t = time.perf_counter()
-        try:
-            response = await method(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
-            if code in DEPENDENCY_FAILURES:
-                breaker.record_failure()
-            else:  # e.g. INVALID_ARGUMENT: our request, not their health
-                breaker.release()
-                log.warning("%s refused the request: %s %s", name, code.name, exc.details())
+        if not await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S):
+            # overloaded: shed this call to the fallback rung; says nothing about the dependency
+            self._wait[name].observe(time.perf_counter() - t)
+            self.metrics.dependency_errors.labels(dependency=name, code="shed").inc()
             return None
-        except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
-            breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
-            raise
+        try:
+            t_call = time.perf_counter()
+            self._wait[name].observe(t_call - t)
+            if not breaker.allow():
+                self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
+                return None
+            try:
+                response = await method(request, timeout=min(budget_s, deadline - t_call))
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
+                if code in DEPENDENCY_FAILURES:
+                    breaker.record_failure()
+                else:  # e.g. INVALID_ARGUMENT: our request, not their health
+                    breaker.release()
+                    log.warning("%s refused the request: %s %s", name, code.name, exc.details())
+                return None
+            except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
+                breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
+                raise
+            finally:
+                self._stage[name].observe(time.perf_counter() - t_call)
+            breaker.record_success()
+            return response
         finally:
-            self._stage[name].observe(time.perf_counter() - t)
-        breaker.record_success()
-        return response
+            bulkhead.release()
 
     async def _retrieve(self, q: Query, context, deadline: float):
         request = retrieval_pb2.RetrieveRequest(

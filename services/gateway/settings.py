@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import REPO_ROOT
@@ -26,7 +26,11 @@ class GatewaySettings(BaseSettings):
     cache_max_entries: int = Field(10000, ge=1, description="Size of the in-process cache used when REDIS_URL is unset.")
     max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST /recommend body.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids accepted in one request.")
-    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open a dependency's circuit breaker.")
+    retrieval_max_in_flight: int = Field(4, ge=1, description="Most retrieval calls in flight at once (bulkhead); the rest wait in the gateway within their request deadline.")
+    ranking_max_in_flight: int = Field(4, ge=1, description="Most ranking calls in flight at once (bulkhead); the rest wait in the gateway within their request deadline.")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="Share of failed calls in the breaker's window that opens a dependency's circuit breaker.")
+    breaker_window: int = Field(20, ge=1, description="Number of most recent calls the breaker's failure rate is computed over.")
+    breaker_min_calls: int = Field(5, ge=1, description="Calls the window must hold before the failure rate can open the breaker (a dead dependency costs this many failed calls).")
     breaker_reset_s: float = Field(2.0, gt=0, description="Seconds an open breaker waits before letting one probe through (half-open).")
     readiness_timeout_ms: float = Field(500.0, gt=0, description="Timeout of the gRPC health checks behind /readyz.")
     redis_url: str | None = Field(
@@ -39,3 +43,10 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("ARTIFACTS_DIR"),
         description="Artifact bundle to serve (a version folder or the `current` link).",
     )
+
+    @model_validator(mode="after")
+    def _min_calls_fit_the_window(self) -> GatewaySettings:
+        if self.breaker_min_calls > self.breaker_window:
+            raise ValueError(f"GATEWAY_BREAKER_MIN_CALLS ({self.breaker_min_calls}) must not exceed "
+                             f"GATEWAY_BREAKER_WINDOW ({self.breaker_window})")
+        return self

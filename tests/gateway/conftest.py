@@ -137,7 +137,7 @@ def fragile(tmp_path_factory, bundle_path: Path) -> Iterator[RunningStack]:
     cache_stack = Stack(tmp / "cache")
     cache_url = start_redis(cache_stack)
     gateway_env = {"GATEWAY_CACHE_TTL_S": "60", "GATEWAY_BREAKER_RESET_S": "0.5",
-                   "GATEWAY_BREAKER_FAILURE_THRESHOLD": "3"}
+                   "GATEWAY_BREAKER_MIN_CALLS": "3"}
     try:
         running = _start(tmp / "stack", bundle_path, cache_url, {}, gateway_env)
     except Exception:

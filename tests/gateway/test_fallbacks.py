@@ -72,6 +72,40 @@ def test_ranking_stalled_falls_back_to_retrieval_order_then_recovers(fragile, kn
     assert fragile.get(known_users[10]).json()["fallback"] is None
 
 
+def test_concurrent_burst_with_ranking_stalled_stays_within_the_deadline(fragile, known_users):
+    """32 requests at once while ranking hangs: the bulkhead queues them in the gateway, none waits
+    past its deadline, every one is a 200 in retrieval order, and few reach the hung service."""
+    import asyncio
+
+    async def burst():
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(base_url=fragile.url, timeout=5.0, limits=limits) as client:
+            await asyncio.gather(*(client.get("/healthz") for _ in range(32)))  # open the 32 connections
+
+            async def one(user: str):
+                t = time.perf_counter()
+                r = await client.get("/recommend", params={"user_id": user, "k": 8})  # k=8: uncached keys
+                return r.status_code, r.json().get("fallback"), time.perf_counter() - t
+
+            return await asyncio.gather(*(one(u) for u in known_users[300:332]))
+
+    timeouts = 'gateway_dependency_errors_total{code="DEADLINE_EXCEEDED",dependency="ranking"}'
+    before = _counter(fragile.metrics(), timeouts)
+    fragile.stack.signal("ranking", signal.SIGSTOP)
+    try:
+        results = asyncio.run(burst())
+        assert [code for code, _, _ in results] == [200] * 32
+        assert {fallback for _, fallback, _ in results} == {"ranking_unavailable"}
+        assert max(t for _, _, t in results) < 1.0, results  # 100 ms deadline + 32 clients on 2 cores
+        # few calls ever reached the hung service (without the bulkhead: all 32): its 4 slots, plus
+        # the waiters that took a freed slot before the 3rd failure (min_calls) opened the breaker
+        assert _counter(fragile.metrics(), timeouts) - before <= 4 + 3 - 1
+    finally:
+        fragile.stack.signal("ranking", signal.SIGCONT)
+    assert _poll(lambda: fragile.get(known_users[333]).json()["fallback"] is None)
+    assert _breaker(fragile.metrics(), "ranking") == "closed"
+
+
 def test_ranking_killed_every_request_is_200(fragile, known_users):
     fragile.stack.signal("ranking", signal.SIGKILL)
     try:

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from services.gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from services.gateway.breaker import CLOSED, HALF_OPEN, OPEN, Bulkhead, CircuitBreaker
 from services.gateway.cache import InProcessCache, NullCache, build_cache, cache_key
 from services.gateway.metrics import GatewayMetrics
 
@@ -20,14 +20,18 @@ class Clock:
         return self.t
 
 
-def test_breaker_opens_after_threshold_and_probes_back():
+def _breaker(clock, *, rate=0.5, window=4, min_calls=3, reset_s=2.0, **kw) -> CircuitBreaker:
+    return CircuitBreaker("ranking", failure_rate=rate, window=window, min_calls=min_calls, reset_s=reset_s,
+                          clock=clock, **kw)
+
+
+def test_breaker_opens_on_failure_rate_and_probes_back():
     clock, states = Clock(), []
-    b = CircuitBreaker("ranking", failure_threshold=3, reset_s=2.0, clock=clock,
-                       on_state=lambda name, s: states.append((name, s)))
+    b = _breaker(clock, on_state=lambda name, s: states.append((name, s)))
     for _ in range(2):
         assert b.allow()
         b.record_failure()
-    assert b.state == CLOSED
+    assert b.state == CLOSED, "fewer than min_calls outcomes: never opens"
     assert b.allow()
     b.record_failure()
     assert b.state == OPEN and not b.allow()
@@ -43,20 +47,59 @@ def test_breaker_opens_after_threshold_and_probes_back():
     assert b.allow()
     b.record_success()
     assert b.state == CLOSED and b.allow()
+    b.record_failure()
+    assert b.state == CLOSED, "closing starts an empty window"
     assert states[0] == ("ranking", CLOSED) and ("ranking", OPEN) in states and ("ranking", HALF_OPEN) in states
 
 
-def test_breaker_success_resets_the_failure_count():
-    b = CircuitBreaker("x", failure_threshold=2, reset_s=1.0, clock=Clock())
-    b.record_failure()
-    b.record_success()
-    b.record_failure()
+def test_breaker_tolerates_sporadic_failures_below_the_rate():
+    b = _breaker(Clock(), rate=0.5, window=10, min_calls=5)
+    for i in range(200):  # every third call fails: 33 % < 50 %
+        b.record_failure() if i % 3 == 0 else b.record_success()
+        assert b.state == CLOSED, i
+
+
+def test_breaker_window_forgets_old_failures():
+    b = _breaker(Clock(), rate=0.5, window=4, min_calls=4)
+    for outcome in (True, True, False, False, False, False):  # two early failures, then four successes
+        b.record_failure() if outcome else b.record_success()
     assert b.state == CLOSED
+    b.record_failure()  # window S S S F: 1 of 4, the early failures are gone
+    assert b.state == CLOSED
+    b.record_failure()  # S S F F: 2 of 4 = 50 %
+    assert b.state == OPEN
+
+
+def test_breaker_rejects_inconsistent_settings():
+    with pytest.raises(ValueError):
+        _breaker(Clock(), rate=0.0)
+    with pytest.raises(ValueError):
+        _breaker(Clock(), window=3, min_calls=4)
+
+
+def test_bulkhead_bounds_in_flight_calls_and_sheds_on_timeout():
+    async def main():
+        b = Bulkhead("ranking", 2)
+        assert await b.acquire(0) and await b.acquire(0)
+        assert b.in_flight == 2
+        assert not await b.acquire(0), "no slot and no time to wait"
+        assert not await b.acquire(0.01), "no slot freed within the wait"
+        waiter = asyncio.create_task(b.acquire(1.0))
+        await asyncio.sleep(0)
+        b.release()
+        assert await waiter, "a released slot goes to the waiter"
+        assert b.in_flight == 2
+        b.release()
+        b.release()
+        assert b.in_flight == 0
+
+    asyncio.run(main())
 
 
 def test_breaker_state_is_exported():
     m = GatewayMetrics()
-    b = CircuitBreaker("retrieval", failure_threshold=1, reset_s=1.0, on_state=m.set_breaker_state, clock=Clock())
+    b = CircuitBreaker("retrieval", failure_rate=1.0, window=1, min_calls=1, reset_s=1.0,
+                       on_state=m.set_breaker_state, clock=Clock())
     b.record_failure()
     from prometheus_client import generate_latest
 
@@ -98,7 +141,7 @@ def test_build_cache(url, ttl, kind):
 
 def test_a_cancelled_probe_does_not_wedge_a_half_open_breaker():
     clock = Clock()
-    b = CircuitBreaker("ranking", failure_threshold=1, reset_s=1.0, clock=clock)
+    b = _breaker(clock, window=1, min_calls=1, reset_s=1.0)
     b.record_failure()
     clock.t = 1.0
     assert b.allow()  # the probe
@@ -106,7 +149,7 @@ def test_a_cancelled_probe_does_not_wedge_a_half_open_breaker():
     assert b.allow(), "the next request may probe again"
 
 
-def _recommender(popular=((10, 0.9), (11, 0.8), (12, 0.7), (13, 0.6))):
+def _recommender(popular=((10, 0.9), (11, 0.8), (12, 0.7), (13, 0.6)), **settings):
     import grpc
 
     from services.gateway.catalog import Catalog
@@ -114,7 +157,7 @@ def _recommender(popular=((10, 0.9), (11, 0.8), (12, 0.7), (13, 0.6))):
     from services.gateway.settings import GatewaySettings
 
     channel = grpc.insecure_channel("127.0.0.1:1")  # never called: the stubs only need a channel
-    return Recommender(GatewaySettings(), retrieval_channel=channel, ranking_channel=channel, cache=NullCache(),
+    return Recommender(GatewaySettings(**settings), retrieval_channel=channel, ranking_channel=channel, cache=NullCache(),
                        catalog=Catalog(version="v", titles={11: "Eleven"}, popular=popular), metrics=GatewayMetrics())
 
 
@@ -145,3 +188,45 @@ def test_candidate_sources_are_observed_per_name():
     assert get("gateway_candidates_sum", {"source": "two_tower"}) == 2
     assert get("gateway_candidates_sum", {"source": "unknown"}) == 2
     assert get("gateway_candidates_count", {"source": "unknown"}) == 2
+
+
+def test_overload_is_shed_in_the_gateway_without_touching_the_breaker():
+    """Bulkhead of 1 and a call that holds it: a second call waits only until its own deadline,
+    is shed (no call made), and the dependency's breaker records nothing."""
+    import time
+
+    rec = _recommender(ranking_max_in_flight=1)
+    calls = []
+
+    async def slow_rank(request, timeout):
+        calls.append(timeout)
+        await asyncio.sleep(0.05)
+        return "ranked"
+
+    async def main():
+        now = time.perf_counter()
+        first = asyncio.create_task(rec._call("ranking", slow_rank, None, 1.0, now + 1.0))
+        await asyncio.sleep(0)
+        t = time.perf_counter()
+        second = await rec._call("ranking", slow_rank, None, 1.0, t + 0.01)  # 10 ms left
+        waited = time.perf_counter() - t
+        return await first, second, waited
+
+    first, second, waited = asyncio.run(main())
+    assert first == "ranked" and second is None
+    assert len(calls) == 1, "the shed call never reached the dependency"
+    assert waited < 0.03, "it waited no longer than its deadline"
+    get = rec.metrics.registry.get_sample_value
+    assert get("gateway_dependency_errors_total", {"dependency": "ranking", "code": "shed"}) == 1
+    assert get("gateway_dependency_wait_seconds_count", {"dependency": "ranking"}) == 2
+    assert rec.breakers["ranking"].state == CLOSED and rec.breakers["ranking"]._failures == 0
+    assert rec.bulkheads["ranking"].in_flight == 0, "every slot was given back"
+
+
+def test_settings_refuse_min_calls_above_the_window():
+    from pydantic import ValidationError
+
+    from services.gateway.settings import GatewaySettings
+
+    with pytest.raises(ValidationError, match="GATEWAY_BREAKER_MIN_CALLS"):
+        GatewaySettings(breaker_window=3, breaker_min_calls=4)
