@@ -27,6 +27,7 @@ RECENT_ITEM_IDX = "recent_item_idx"
 USER_EMBEDDING = "user_embedding"
 
 RECENT_ITEM_IDS = "user_context:recent_item_ids"
+SEEN_ITEM_IDS = "user_seen:seen_item_ids"  # a serving filter, not a model input
 GENRE_AFFINITY = "user_aggregates:genre_affinity"
 ITEM_GENRES = "item_profile:genres"
 

@@ -68,10 +68,15 @@ def run(
     """data -> train -> evaluate -> gate -> publish -> feast apply + materialise."""
     cfg = PipelineConfig()
     if skip_if_current:
+        from feature_store.repo.definitions import feature_views_schema
+
         try:
             b = load_bundle(cfg.artifacts_dir / "current")
-            console.print(f"artifacts/current = {b.version} verifies; skipping (drop --skip-if-current to rebuild)")
-            return
+            if b.manifest.get("feature_views") == feature_views_schema():
+                console.print(f"artifacts/current = {b.version} verifies; skipping (drop --skip-if-current to rebuild)")
+                return
+            console.print(f"[yellow]artifacts/current = {b.version} was built on other feature views "
+                          "than feature_store/repo/definitions.py declares: building[/]")
         except BundleError as exc:
             console.print(f"[yellow]{exc}: building[/]")
     from models.pipeline import GateError

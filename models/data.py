@@ -176,7 +176,7 @@ def item_snapshots(inter: pd.DataFrame, every_days: int, half_life_days: float) 
 
 def write_feature_sources(ds: Dataset, offline_dir: Path, states: pd.DataFrame, every_days: int,
                           half_life_days: float) -> dict[str, Path]:
-    """Write the five Feast offline parquet files. ``states``: :func:`user_history_states` over
+    """Write the six Feast offline parquet files. ``states``: :func:`user_history_states` over
     all interactions. Returns ``{view: path}``."""
     offline_dir = Path(offline_dir)
     offline_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +210,11 @@ def write_feature_sources(ds: Dataset, offline_dir: Path, states: pd.DataFrame, 
     ctx = states[["user_id", "recent_item_ids", "recent_count_1h", "recent_count_24h"]].astype(
         {"recent_count_1h": "int64", "recent_count_24h": "int64"})
     write("user_context", stamp(ctx, when))
+
+    seen = inter.groupby("user_id", sort=True).agg(last_ts=("ts", "max"), seen_item_ids=("item_id", "unique"))
+    seen["seen_item_ids"] = [np.sort(np.asarray(ids, np.int64)) for ids in seen["seen_item_ids"]]
+    seen = seen.reset_index()
+    write("user_seen", stamp(seen[["user_id", "seen_item_ids"]], to_time(seen["last_ts"]) + ONE_SECOND))
 
     snaps = item_snapshots(inter, every_days, half_life_days)
     snaps = snaps.astype({"popularity": "float32", "n_ratings": "float32", "mean_rating": "float32"})

@@ -32,6 +32,7 @@ import pandas as pd
 from common.bundle import MANIFEST, file_entries, metric, publish
 from common.model_inputs import ModelInputs
 from common.settings import FeatureStoreSettings
+from feature_store.repo.definitions import feature_views_schema
 from models import data as D
 from models import evaluate as E
 from models.config import PipelineConfig
@@ -467,6 +468,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
             "user_tower": _user_tower_manifest(p, cfg),
             "item_tower": TT.item_tower_spec(G, cfg.two_tower.dim),
             "ranker_features": spec,
+            "feature_views": feature_views_schema(),
             "ranker": {"file": "ranker", "input": RK.FEATURES, "output": RK.SCORE, "n_features": len(spec),
                        "architecture": f"MLP {len(spec)}->{'->'.join(map(str, cfg.ranker.hidden))}->1 "
                                        "(log1p + standardisation inside the graph)",

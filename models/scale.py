@@ -69,7 +69,7 @@ from common.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-USER_VIEWS = ("user_profile", "user_aggregates", "user_context")
+USER_VIEWS = ("user_profile", "user_aggregates", "user_context", "user_seen")
 ITEM_YEAR = "item_profile:year"
 ITEM_POPULARITY = "item_aggregates:popularity"
 ITEM_N_RATINGS = "item_aggregates:n_ratings"

@@ -39,8 +39,19 @@ FEATURE_VIEWS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     "user_context": ("user", "user_context.parquet", [
         ("recent_item_ids", "Array(Int64)"), ("recent_count_1h", "Int64"), ("recent_count_24h", "Int64"),
     ]),
+    # Serving-only (a filter, not a model input): every item the user has interacted with, so that
+    # retrieval never recommends them again. One row per user, stamped at their last interaction.
+    "user_seen": ("user", "user_seen.parquet", [
+        ("seen_item_ids", "Array(Int64)"),
+    ]),
 }
 ENTITY_JOIN_KEYS = {"user": "user_id", "item": "item_id"}
+
+
+def feature_views_schema() -> dict[str, dict]:
+    """:data:`FEATURE_VIEWS` as JSON (recorded in the bundle manifest: the features it was built on)."""
+    return {view: {"entity": entity, "source": fname, "features": [[n, t] for n, t in feats]}
+            for view, (entity, fname, feats) in FEATURE_VIEWS.items()}
 
 
 def feature_refs(view: str) -> list[str]:

@@ -24,7 +24,7 @@ def main() -> int:
         add_servicer=retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
         build_pipeline=lambda bundle, fetcher, metrics: RetrievalPipeline.load_artifacts(
             bundle, fetcher, metrics, nprobe=settings.nprobe, ef_search=settings.ef_search,
-            exclude_recent=settings.exclude_recent,
+            exclude_recent=settings.exclude_recent, exclude_seen=settings.exclude_seen,
         ),
     )
 

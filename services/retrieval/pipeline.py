@@ -22,7 +22,7 @@ import numpy as np
 
 from common.bundle import Bundle, BundleError
 from common.grpc_server import ServiceMetrics
-from common.model_inputs import RECENT_ITEM_IDS, USER_EMBEDDING, ModelInputs
+from common.model_inputs import RECENT_ITEM_IDS, SEEN_ITEM_IDS, USER_EMBEDDING, ModelInputs
 from services.features import FeatureFetcher, parse_user_id
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class RetrievalPipeline:
         features: FeatureFetcher,
         metrics: ServiceMetrics,
         exclude_recent: bool = True,
+        exclude_seen: bool = True,
     ) -> None:
         self.version = version
         self.inputs = inputs
@@ -131,6 +132,7 @@ class RetrievalPipeline:
         self.features = features
         self.metrics = metrics
         self.exclude_recent = exclude_recent
+        self.exclude_seen = exclude_seen
         self._n_recent = inputs.n_recent
         self._t_features = metrics.stage("features")
         self._t_embed = metrics.stage("embed")
@@ -147,6 +149,7 @@ class RetrievalPipeline:
         nprobe: int | None = None,
         ef_search: int | None = None,
         exclude_recent: bool = True,
+        exclude_seen: bool = True,
     ) -> RetrievalPipeline:
         import faiss
         import onnxruntime as ort
@@ -184,6 +187,7 @@ class RetrievalPipeline:
             features=features,
             metrics=metrics,
             exclude_recent=exclude_recent,
+            exclude_seen=exclude_seen,
         )
         log.info("retrieval: bundle %s, index %s (%d items, d=%d)", bundle.version, type(index).__name__,
                  index.ntotal, index.d)
@@ -223,6 +227,8 @@ class RetrievalPipeline:
         excluded = np.asarray(exclude_item_ids if exclude_item_ids is not None else (), np.int64).reshape(-1)
         if self.exclude_recent and recent.size:
             excluded = np.concatenate([excluded, recent])
+        if self.exclude_seen and (seen := user.values.get(SEEN_ITEM_IDS)) is not None and len(seen):
+            excluded = np.concatenate([excluded, np.asarray(seen, np.int64).reshape(-1)])
         t1 = time.perf_counter()
         self._t_features.observe(t1 - t0)
 

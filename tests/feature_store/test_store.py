@@ -79,6 +79,7 @@ def test_apply_materialize_push_read_back(store_settings, small_dataset):
         assert got["recent_item_ids"][pos] == mine["item_id"].to_numpy()[::-1][:20].tolist()
         assert sum(got["genre_affinity"][pos]) == pytest.approx(1.0, abs=1e-4)
         assert got["gender"][pos] == int(small_dataset.users.set_index("user_id").at[uid, "gender"])
+        assert got["seen_item_ids"][pos] == sorted(set(mine["item_id"].tolist()))  # every item, once
 
     items = store.get_online_features(
         features=feature_refs("item_profile") + feature_refs("item_aggregates"),

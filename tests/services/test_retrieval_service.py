@@ -92,6 +92,20 @@ def test_session_context_personalises_an_anonymous_user(retrieval_stub, popular_
     assert results[0] != results[1]
 
 
+def test_items_the_user_has_seen_are_never_returned(retrieval_stub, services_feast):
+    """``user_seen`` (every rated item, materialised) is excluded: the offline evaluation skips
+    a user's known items too, so serving and the measured metrics agree."""
+    import pandas as pd
+
+    seen = pd.read_parquet(services_feast.offline_dir / "user_seen.parquet").set_index("user_id")["seen_item_ids"]
+    heavy = seen.map(len).sort_values()
+    for user in (int(heavy.index[0]), int(heavy.index[len(heavy) // 2]), int(heavy.index[-1])):
+        mine = set(seen.at[user].tolist())
+        ids = ids_of(retrieval_stub.Retrieve(Req(user_id=str(user), k=300), timeout=5))
+        assert len(ids) == 300 and len(set(ids)) == 300
+        assert not set(ids) & mine, f"user {user} got {len(set(ids) & mine)} of their {len(mine)} seen items"
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "message"),
     [
