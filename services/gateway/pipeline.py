@@ -264,12 +264,17 @@ class Recommender:
             if not breaker.allow():
                 self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
                 return None
+            timeout = min(budget_s, deadline - t_call)
             try:
-                response = await method(request, timeout=min(budget_s, deadline - t_call))
+                response = await method(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
-                if code in DEPENDENCY_FAILURES:
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout < budget_s:
+                    # the call only had what queueing left of the request deadline: that it ran
+                    # out says the gateway is overloaded, not that the dependency is slow
+                    breaker.release()
+                elif code in DEPENDENCY_FAILURES:
                     breaker.record_failure()
                 else:  # e.g. INVALID_ARGUMENT: our request, not their health
                     breaker.release()

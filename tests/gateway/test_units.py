@@ -230,3 +230,29 @@ def test_settings_refuse_min_calls_above_the_window():
 
     with pytest.raises(ValidationError, match="GATEWAY_BREAKER_MIN_CALLS"):
         GatewaySettings(breaker_window=3, breaker_min_calls=4)
+
+
+def test_a_timeout_caused_by_queueing_is_not_held_against_the_dependency():
+    """DEADLINE_EXCEEDED counts towards the breaker only when the call had its full stage budget;
+    a call squeezed by what queueing left of the request deadline says nothing about the dependency."""
+    import time
+
+    import grpc
+
+    rec = _recommender(breaker_window=2, breaker_min_calls=1)
+
+    async def times_out(request, timeout):
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+    async def main():
+        now = time.perf_counter()
+        await rec._call("ranking", times_out, None, 0.040, now + 0.010)  # only 10 ms of a 40 ms budget left
+        squeezed = rec.breakers["ranking"].state
+        await rec._call("ranking", times_out, None, 0.040, now + 1.0)  # the full 40 ms budget
+        return squeezed, rec.breakers["ranking"].state
+
+    squeezed, full = asyncio.run(main())
+    assert squeezed == CLOSED
+    assert full == OPEN
+    get = rec.metrics.registry.get_sample_value
+    assert get("gateway_dependency_errors_total", {"dependency": "ranking", "code": "DEADLINE_EXCEEDED"}) == 2
