@@ -46,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.loadgen import percentile
 from common.settings import REPO_ROOT
 
 TARGETS = {  # issue 4, ml-100k bundle
@@ -53,14 +54,6 @@ TARGETS = {  # issue 4, ml-100k bundle
     "rps_c32": (">=", 300.0), "p99_ms_c32": ("<=", 50.0), "error_rate_c32": ("<=", 0.0),
 }
 TARGET_RATE = 300.0  # req/s offered in the open-loop run (p99_ms_c32 is measured at this rate)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    idx = min(len(s) - 1, max(0, math.ceil(q / 100.0 * len(s)) - 1))
-    return s[idx]
 
 
 # -- 1 client ----------------------------------------------------------------------------------

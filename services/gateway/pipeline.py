@@ -253,42 +253,45 @@ class Recommender:
             self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
             return None
         t = time.perf_counter()
-        if not await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S):
-            # overloaded: shed this call to the fallback rung; says nothing about the dependency
-            self._wait[name].observe(time.perf_counter() - t)
+        acquired = await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S)
+        t_call = time.perf_counter()
+        self._wait[name].observe(t_call - t)
+        if not acquired:  # overloaded: shed to the fallback rung; says nothing about the dependency
             self.metrics.dependency_errors.labels(dependency=name, code="shed").inc()
             return None
         try:
-            t_call = time.perf_counter()
-            self._wait[name].observe(t_call - t)
             if not breaker.allow():
                 self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
                 return None
-            timeout = min(budget_s, deadline - t_call)
-            try:
-                response = await method(request, timeout=timeout)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout < budget_s:
-                    # the call only had what queueing left of the request deadline: that it ran
-                    # out says the gateway is overloaded, not that the dependency is slow
-                    breaker.release()
-                elif code in DEPENDENCY_FAILURES:
-                    breaker.record_failure()
-                else:  # e.g. INVALID_ARGUMENT: our request, not their health
-                    breaker.release()
-                    log.warning("%s refused the request: %s %s", name, code.name, exc.details())
-                return None
-            except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
-                breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
-                raise
-            finally:
-                self._stage[name].observe(time.perf_counter() - t_call)
-            breaker.record_success()
-            return response
+            return await self._invoke(name, breaker, method, request, min(budget_s, deadline - t_call), budget_s)
         finally:
             bulkhead.release()
+
+    async def _invoke(self, name: str, breaker: CircuitBreaker, method, request, timeout: float, budget_s: float):
+        """The gRPC call itself and the breaker's verdict on how it ended."""
+        t = time.perf_counter()
+        try:
+            response = await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            self.metrics.dependency_errors.labels(dependency=name, code=code.name).inc()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout < budget_s:
+                # the call only had what queueing left of the request deadline: that it ran out
+                # says the gateway is overloaded, not that the dependency is slow
+                breaker.release()
+            elif code in DEPENDENCY_FAILURES:
+                breaker.record_failure()
+            else:  # e.g. INVALID_ARGUMENT: our request, not their health
+                breaker.release()
+                log.warning("%s refused the request: %s %s", name, code.name, exc.details())
+            return None
+        except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
+            breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
+            raise
+        finally:
+            self._stage[name].observe(time.perf_counter() - t)
+        breaker.record_success()
+        return response
 
     async def _retrieve(self, q: Query, context, deadline: float):
         request = retrieval_pb2.RetrieveRequest(
