@@ -11,6 +11,14 @@
 * half-open: one probe call is let through; success closes the breaker (with an empty window),
   failure re-opens it.
 
+Outcomes count only for the state their call was allowed in. :meth:`CircuitBreaker.allow` hands
+out a :class:`Permit` stamped with the breaker's *generation*, which every state change bumps;
+``record_success`` / ``record_failure`` / ``release`` take that permit back, and one from an
+older generation is ignored. Without this, with up to 4 calls in flight, a call allowed while
+closed that succeeds *after* its siblings' failures opened the breaker would close it again, and
+a late completion in half-open would let a second probe through: a partly failing dependency
+made the breaker flap.
+
 :class:`Bulkhead` - at most ``limit`` calls in flight to one dependency. The gRPC services run
 one CPU-bound request at a time per process; sending them 32 requests at once only moves the
 queue into their socket buffers, where every queued request burns its *stage* budget and the
@@ -28,9 +36,18 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Leave to make one call, valid for the breaker state (generation) it was given in."""
+
+    generation: int
+    probe: bool = False
 
 
 class CircuitBreaker:
@@ -42,9 +59,11 @@ class CircuitBreaker:
         window: int,
         min_calls: int,
         reset_s: float,
-        on_state: Callable[[str, str], None] | None = None,
+        on_change: Callable[[str, str | None, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_change(name, old, new)`` is called once at construction (``old`` None) and on
+        every state change after it (the gateway exports both as metrics)."""
         if not 0.0 < failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be in (0, 1], got {failure_rate}")
         if not 1 <= min_calls <= window:
@@ -53,14 +72,16 @@ class CircuitBreaker:
         self.failure_rate = failure_rate
         self.min_calls = min_calls
         self.reset_s = reset_s
-        self._on_state = on_state
+        self._on_change = on_change
         self._clock = clock
         self._state = CLOSED
+        self._generation = 0  # bumped by every state change; permits of older ones are stale
         self._outcomes: deque[bool] = deque(maxlen=window)  # True = failure
         self._failures = 0  # failures currently in the window
         self._opened_at = 0.0
         self._probe_in_flight = False
-        self._notify()
+        if on_change is not None:
+            on_change(name, None, CLOSED)
 
     @property
     def state(self) -> str:
@@ -69,40 +90,49 @@ class CircuitBreaker:
             return HALF_OPEN
         return self._state
 
-    def allow(self) -> bool:
-        """May a call go through now? In half-open only one probe at a time is allowed."""
+    def allow(self) -> Permit | None:
+        """A permit for one call now, or None (refused). In half-open only one probe at a time."""
         if self._state == CLOSED:
-            return True
+            return Permit(self._generation)
         if self._state == OPEN:
             if self._clock() - self._opened_at < self.reset_s:
-                return False
+                return None
             self._set(HALF_OPEN)
         if self._probe_in_flight:
-            return False
+            return None
         self._probe_in_flight = True
-        return True
+        return Permit(self._generation, probe=True)
 
-    def record_success(self) -> None:
-        self._probe_in_flight = False
-        if self._state != CLOSED:
+    def record_success(self, permit: Permit) -> None:
+        if not self._current(permit):
+            return
+        if self._state == HALF_OPEN:  # the probe got through
+            self._probe_in_flight = False
             self._reset_window()
             self._set(CLOSED)
         else:
             self._record(False)
 
-    def record_failure(self) -> None:
-        self._probe_in_flight = False
-        if self._state == HALF_OPEN:
+    def record_failure(self, permit: Permit) -> None:
+        if not self._current(permit):
+            return
+        if self._state == HALF_OPEN:  # the probe failed
+            self._probe_in_flight = False
             self._trip()
             return
         self._record(True)
         n = len(self._outcomes)
-        if self._state == CLOSED and n >= self.min_calls and self._failures >= self.failure_rate * n:
+        if n >= self.min_calls and self._failures >= self.failure_rate * n:
             self._trip()
 
-    def release(self) -> None:
-        """A call that was allowed ended without telling anything about the dependency."""
-        self._probe_in_flight = False
+    def release(self, permit: Permit) -> None:
+        """An allowed call ended without telling anything about the dependency."""
+        if permit.probe and self._current(permit):
+            self._probe_in_flight = False  # the next request may probe
+
+    def _current(self, permit: Permit) -> bool:
+        """Does this permit's outcome still count? Not when the state changed since it was given."""
+        return permit.generation == self._generation
 
     def _record(self, failed: bool) -> None:
         window = self._outcomes
@@ -121,12 +151,10 @@ class CircuitBreaker:
         self._set(OPEN)
 
     def _set(self, state: str) -> None:
-        self._state = state
-        self._notify()
-
-    def _notify(self) -> None:
-        if self._on_state is not None:
-            self._on_state(self.name, self._state)
+        old, self._state = self._state, state
+        self._generation += 1
+        if self._on_change is not None:
+            self._on_change(self.name, old, state)
 
 
 class Bulkhead:

@@ -58,6 +58,11 @@ class GatewayMetrics:
             "gateway_circuit_breaker_state", "State of each dependency's circuit breaker.",
             ["breaker"], states=list(STATES), registry=r,
         )
+        self.breaker_transitions = Counter(
+            "gateway_circuit_breaker_transitions_total",
+            "State changes of each dependency's circuit breaker, by the state entered (a flapping breaker shows here).",
+            ["breaker", "state"], registry=r,
+        )
         self.model = Info("gateway_model", "Model version being served and where the gateway got it.", registry=r)
         self.catalog_items = Gauge(
             "gateway_catalog_items", "Items with a title in the catalog loaded at start-up (0 = bundle unreadable).", registry=r,
@@ -66,5 +71,8 @@ class GatewayMetrics:
             "gateway_popular_items", "Items in the start-up popular list (the last-resort fallback).", registry=r,
         )
 
-    def set_breaker_state(self, name: str, state: str) -> None:
-        self.breaker_state.labels(breaker=name).state(state)
+    def breaker_changed(self, name: str, old: str | None, new: str) -> None:
+        """``CircuitBreaker(on_change=...)``: ``old`` is None for the initial state (no transition)."""
+        self.breaker_state.labels(breaker=name).state(new)
+        if old is not None:
+            self.breaker_transitions.labels(breaker=name, state=new).inc()

@@ -37,7 +37,7 @@ from common.proto.recsys.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker
+from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker, Permit
 from services.gateway.cache import ResponseCache, cache_key
 from services.gateway.catalog import Catalog
 from services.gateway.metrics import GatewayMetrics
@@ -100,7 +100,7 @@ class Recommender:
         self.model_version = catalog.version or "unknown"
         breaker = dict(failure_rate=settings.breaker_failure_rate, window=settings.breaker_window,
                        min_calls=settings.breaker_min_calls, reset_s=settings.breaker_reset_s,
-                       on_state=metrics.set_breaker_state)
+                       on_change=metrics.breaker_changed)
         self.breakers = {name: CircuitBreaker(name, **breaker) for name in ("retrieval", "ranking", "redis")}
         self.bulkheads = {"retrieval": Bulkhead("retrieval", settings.retrieval_max_in_flight),
                           "ranking": Bulkhead("ranking", settings.ranking_max_in_flight)}
@@ -205,42 +205,44 @@ class Recommender:
             self._cache_result["bypass"].inc()
             return None
         breaker = self.breakers["redis"]
-        if not breaker.allow():
+        permit = breaker.allow()
+        if permit is None:
             self._cache_result["error"].inc()
             return None
         t = time.perf_counter()
         try:
             value = await self.cache.get(key)
         except Exception as exc:  # noqa: BLE001 - any cache failure means "serve without cache"
-            breaker.record_failure()
+            breaker.record_failure(permit)
             self.metrics.cache_errors.labels(operation="get").inc()
             self._cache_result["error"].inc()
             log.debug("cache get failed: %r", exc)
             return None
         except BaseException:  # cancelled: no verdict on Redis
-            breaker.release()
+            breaker.release(permit)
             raise
         finally:
             self._stage["cache"].observe(time.perf_counter() - t)
-        breaker.record_success()
+        breaker.record_success(permit)
         self._cache_result["hit" if value is not None else "miss"].inc()
         return value
 
     async def _cache_set(self, key: str, value: bytes) -> None:
         breaker = self.breakers["redis"]
-        if not breaker.allow():
+        permit = breaker.allow()
+        if permit is None:
             return
         try:
             await self.cache.set(key, value)
         except Exception as exc:  # noqa: BLE001
-            breaker.record_failure()
+            breaker.record_failure(permit)
             self.metrics.cache_errors.labels(operation="set").inc()
             log.debug("cache set failed: %r", exc)
         except BaseException:
-            breaker.release()
+            breaker.release(permit)
             raise
         else:
-            breaker.record_success()
+            breaker.record_success(permit)
 
     async def _call(self, name: str, method, request, budget_s: float, deadline: float):
         """One gRPC call: a bulkhead slot (waiting at most until the request deadline), the
@@ -260,14 +262,17 @@ class Recommender:
             self.metrics.dependency_errors.labels(dependency=name, code="shed").inc()
             return None
         try:
-            if not breaker.allow():
+            permit = breaker.allow()
+            if permit is None:
                 self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
                 return None
-            return await self._invoke(name, breaker, method, request, min(budget_s, deadline - t_call), budget_s)
+            return await self._invoke(name, breaker, permit, method, request, min(budget_s, deadline - t_call),
+                                      budget_s)
         finally:
             bulkhead.release()
 
-    async def _invoke(self, name: str, breaker: CircuitBreaker, method, request, timeout: float, budget_s: float):
+    async def _invoke(self, name: str, breaker: CircuitBreaker, permit: Permit, method, request, timeout: float,
+                      budget_s: float):
         """The gRPC call itself and the breaker's verdict on how it ended."""
         t = time.perf_counter()
         try:
@@ -278,19 +283,19 @@ class Recommender:
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout < budget_s:
                 # the call only had what queueing left of the request deadline: that it ran out
                 # says the gateway is overloaded, not that the dependency is slow
-                breaker.release()
+                breaker.release(permit)
             elif code in DEPENDENCY_FAILURES:
-                breaker.record_failure()
+                breaker.record_failure(permit)
             else:  # e.g. INVALID_ARGUMENT: our request, not their health
-                breaker.release()
+                breaker.release(permit)
                 log.warning("%s refused the request: %s %s", name, code.name, exc.details())
             return None
         except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
-            breaker.release()  # never leave a half-open breaker waiting for a probe that is gone
+            breaker.release(permit)  # never leave a half-open breaker waiting for a probe that is gone
             raise
         finally:
             self._stage[name].observe(time.perf_counter() - t)
-        breaker.record_success()
+        breaker.record_success(permit)
         return response
 
     async def _retrieve(self, q: Query, context, deadline: float):

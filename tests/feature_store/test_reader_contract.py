@@ -197,11 +197,31 @@ def test_ttl_feast_does_not_expire_online_rows_and_the_reader_can(env):
         assert {r for r in got.missing if r.startswith("user_context:")} == set(view.refs)
         assert got.values["user_context:recent_item_ids"].size == 0
         assert registry.get_sample_value("recsys_missing_features_total", {"feature_view": "user_context"}) >= 3
-        # a fresh row is inside the TTL: served
-        fresh = strict.user_features(int(all_ids(feast, "user_profile")[0]))
-        assert "user_profile:age" not in fresh.missing
         # the batch views have ttl=0: never expire, whatever their age (1990s event times)
         assert all(v.ttl_seconds == 0 for v in strict.layout.views.values() if v.name != "user_context")
+        assert "user_profile:age" not in strict.user_features(int(all_ids(feast, "user_profile")[0])).missing
+    finally:
+        strict.close()
+
+
+def test_ttl_boundary_a_user_context_row_is_served_up_to_its_ttl_and_not_a_second_longer(env):
+    _, feast, reader, _ = env
+    uid = 10**8 + 98
+    ttl = int(reader.layout.views["user_context"].ttl_seconds)
+    written = int(time.time()) - 60  # whole seconds: the boundary below is exact
+    ts = pd.Timestamp(written, unit="s", tz="UTC")
+    feast.store.push("user_context_push", pd.DataFrame({
+        "user_id": [uid], "recent_item_ids": [np.array([5, 6], dtype=np.int64)],
+        "recent_count_1h": [1], "recent_count_24h": [2], "event_timestamp": [ts], "created": [ts]}))
+    now = [float(written)]
+    strict = build_reader(feast.settings, store=feast.store, registry=CollectorRegistry(), enforce_ttl=True,
+                          clock=lambda: now[0])
+    try:
+        for age, served in ((0, True), (ttl - 1, True), (ttl, True), (ttl + 1, False), (10 * ttl, False)):
+            now[0] = float(written + age)
+            got = strict.user_features(uid)
+            assert ("user_context:recent_item_ids" not in got.missing) is served, (age, ttl)
+            assert got.values["user_context:recent_item_ids"].tolist() == ([5, 6] if served else []), age
     finally:
         strict.close()
 
@@ -245,15 +265,21 @@ def test_background_refresh_keeps_serving_then_switches(env):
         feast.store.write_to_online_store("item_aggregates", pd.DataFrame({
             "item_id": [item], "popularity": np.float32([0.5]), "n_ratings": np.float32([777.0]),
             "mean_rating": np.float32([3.0]), "event_timestamp": [now], "created": [now]}))
-        old = reader.item_table.version
+        old_value = reader.item_features(np.array([item])).values["item_aggregates:n_ratings"].tolist()
+        assert old_value != [777.0], "the published snapshot predates the write"
         version = publish_item_snapshot(feast.settings, store=feast.store)
         deadline = time.monotonic() + 20
-        while reader.item_table.version != version:
-            got = reader.item_features(np.array([item]))  # served from the current table meanwhile
-            assert reader.item_table.version in (old, version)
+        served_old = 0
+        while True:
+            # a read is served whole from one snapshot: the old value until the switch, then the new
+            got = reader.item_features(np.array([item])).values["item_aggregates:n_ratings"].tolist()
+            if got == [777.0]:
+                break
+            assert got == old_value, f"neither the old nor the new snapshot's value: {got}"
+            served_old += 1
             assert time.monotonic() < deadline, "background refresh never switched to the new snapshot"
             time.sleep(0.01)
-        assert reader.item_features(np.array([item])).values["item_aggregates:n_ratings"].tolist() == [777.0]
-        assert got.values["item_aggregates:n_ratings"].shape == (1,)
+        assert reader.item_table.version == version
+        assert served_old >= 1, "the refresh was not in the background: the first read after publish waited for it"
     finally:
         reader.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +43,13 @@ class Collector:
         with self.lock:
             return [s for s in self.spans if s["trace_id"] == trace_id]
 
-    def wait_for(self, trace_id: str, services: set[str], timeout: float = 10.0) -> list[dict]:
+    def wait_for(self, trace_id: str, done: Callable[[list[dict]], bool], timeout: float = 10.0) -> list[dict]:
+        """The spans of ``trace_id`` once ``done(spans)`` holds, or whatever arrived by ``timeout``.
+        Services export in batches at their own pace, so wait for the exact property under test."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             spans = self.trace(trace_id)
-            if services <= {s["service"] for s in spans}:
+            if done(spans):
                 return spans
             time.sleep(0.05)
         return self.trace(trace_id)

@@ -142,11 +142,15 @@ def test_one_trace_spans_gateway_retrieval_and_ranking(stack, collector, known_u
     trace_id = r.headers["x-trace-id"]
     assert r.json()["request_id"] == trace_id
     assert r.headers["traceparent"].split("-")[1] == trace_id
-    spans = collector.wait_for(trace_id, {"gateway", "retrieval", "ranking"})
-    services = {s["service"] for s in spans}
-    assert {"gateway", "retrieval", "ranking"} <= services, spans
-    by_id = {s["span_id"]: s for s in spans}
+
+    def children_of_gateway(spans: list[dict], svc: str) -> list[dict]:
+        by_id = {s["span_id"]: s for s in spans}
+        return [s for s in spans if s["service"] == svc and s["parent_span_id"] in by_id
+                and by_id[s["parent_span_id"]]["service"] == "gateway"]
+
+    # the gateway's client spans (the parents) may arrive after the services' server spans
+    spans = collector.wait_for(trace_id, lambda spans: all(children_of_gateway(spans, svc)
+                                                           for svc in ("retrieval", "ranking")))
+    assert {"gateway", "retrieval", "ranking"} <= {s["service"] for s in spans}, spans
     for svc in ("retrieval", "ranking"):
-        server = [s for s in spans if s["service"] == svc and s["parent_span_id"] in by_id]
-        assert server, f"{svc} spans are not children of a span of this trace"
-        assert any(by_id[s["parent_span_id"]]["service"] == "gateway" for s in server), spans
+        assert children_of_gateway(spans, svc), f"{svc} spans are not children of a gateway span of this trace: {spans}"

@@ -3,17 +3,22 @@ or stopped (SIGTERM), and their recovery. Tests run in file order and each repai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
+from common.bundle import sha256_file
 from common.settings import REPO_ROOT
-from deploy.local import Stack, free_port, wait_ready
+from deploy.local import Stack, free_port
 
 
 def _poll(fn, timeout: float = 10.0, interval: float = 0.05):
@@ -36,12 +41,21 @@ def _counter(metrics: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
 
 
+# "Within the deadline": the gateway's request deadline (GATEWAY_REQUEST_TIMEOUT_MS, 100 ms by
+# default) plus what an HTTP round trip from this process may add on a shared, loaded 2-core machine.
+DEADLINE_S = 0.100
+MARGIN_S = 0.250
+
+
 def test_healthy_baseline(fragile, known_users):
     body = fragile.get(known_users[0]).json()
     assert body["fallback"] is None and len(body["items"]) == 10
 
 
 def test_ranking_stalled_falls_back_to_retrieval_order_then_recovers(fragile, known_users):
+    timeouts = 'gateway_dependency_errors_total{code="DEADLINE_EXCEEDED",dependency="ranking"}'
+    refused = 'gateway_dependency_errors_total{code="breaker_open",dependency="ranking"}'
+    before = fragile.metrics()
     fragile.stack.signal("ranking", signal.SIGSTOP)
     try:
         times, bodies = [], []
@@ -54,22 +68,27 @@ def test_ranking_stalled_falls_back_to_retrieval_order_then_recovers(fragile, kn
         assert all(b["fallback"] == "ranking_unavailable" for b in bodies)
         assert all(len(b["items"]) == 10 for b in bodies)
         assert all(not b["cached"] for b in bodies)
-        # no request waits past the 100 ms deadline (+ HTTP overhead on a busy machine)
-        assert max(times) < 0.5, times
-        # the breaker opened: later requests did not wait for the ranking budget at all
-        assert sorted(times)[len(times) // 2] < 0.03, times
+        assert max(times) < DEADLINE_S + MARGIN_S, times
         m = fragile.metrics()
         assert _breaker(m, "ranking") in ("open", "half_open")
         assert _counter(m, 'gateway_fallbacks_total{reason="ranking_unavailable"}') >= 20
-        assert _counter(m, 'gateway_dependency_errors_total{code="DEADLINE_EXCEEDED",dependency="ranking"}') >= 1
+        # the breaker opened after at most min_calls (3) timeouts; later requests were refused
+        # without a call (the only later calls are half-open probes, one per 0.5 s cool-down)
+        timed_out = _counter(m, timeouts) - _counter(before, timeouts)
+        breaker_refused = _counter(m, refused) - _counter(before, refused)
+        assert timed_out >= 1 and timed_out + breaker_refused == 20, (timed_out, breaker_refused)
+        assert breaker_refused >= 20 - 3 - 2 * (sum(times) / 0.5 + 1), (timed_out, breaker_refused, sum(times))
     finally:
         fragile.stack.signal("ranking", signal.SIGCONT)
     # half-open probe succeeds after the 0.5 s cool-down: back to ranked results
     recovered = _poll(lambda: fragile.get(known_users[31]).json()["fallback"] is None)
     assert recovered
     assert _breaker(fragile.metrics(), "ranking") == "closed"
-    # a degraded answer was not cached: the same key now gets the ranked list
-    assert fragile.get(known_users[10]).json()["fallback"] is None
+    # a degraded answer was not cached: this key was answered (degraded) during the stall, and its
+    # next answer is computed afresh, then cached
+    again = fragile.get(known_users[10]).json()
+    assert again["cached"] is False and again["fallback"] is None
+    assert _poll(lambda: fragile.get(known_users[10]).json()["cached"]), "a full answer is cached"
 
 
 def test_concurrent_burst_with_ranking_stalled_stays_within_the_deadline(fragile, known_users):
@@ -96,7 +115,8 @@ def test_concurrent_burst_with_ranking_stalled_stays_within_the_deadline(fragile
         results = asyncio.run(burst())
         assert [code for code, _, _ in results] == [200] * 32
         assert {fallback for _, fallback, _ in results} == {"ranking_unavailable"}
-        assert max(t for _, _, t in results) < 1.0, results  # 100 ms deadline + 32 clients on 2 cores
+        # 32 clients at once on 2 cores: the last one's HTTP handling alone queues behind 31 others
+        assert max(t for _, _, t in results) < DEADLINE_S + 4 * MARGIN_S, results
         # few calls ever reached the hung service (without the bulkhead: all 32): its 4 slots, plus
         # the waiters that took a freed slot before the 3rd failure (min_calls) opened the breaker
         assert _counter(fragile.metrics(), timeouts) - before <= 4 + 3 - 1
@@ -122,6 +142,27 @@ def test_ranking_killed_every_request_is_200(fragile, known_users):
     finally:
         fragile.restart("ranking")
     assert _poll(lambda: fragile.get(known_users[200]).json()["fallback"] is None)
+
+
+def test_retrieval_stalled_with_ranking_healthy_serves_popular_items_ranked(fragile, known_users, popular):
+    fragile.stack.signal("retrieval", signal.SIGSTOP)
+    try:
+        for user in known_users[50:60]:
+            t = time.perf_counter()
+            r = fragile.get(user, k=10)
+            took = time.perf_counter() - t
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["fallback"] == "retrieval_unavailable", body
+            ids = [i["item_id"] for i in body["items"]]
+            assert len(ids) == 10 and set(ids) <= set(popular)
+            assert took < DEADLINE_S + MARGIN_S, took
+        m = fragile.metrics()
+        assert _breaker(m, "retrieval") in ("open", "half_open")
+        assert _breaker(m, "ranking") == "closed", "ranking answered every re-rank of the popular list"
+    finally:
+        fragile.stack.signal("retrieval", signal.SIGCONT)
+    assert _poll(lambda: fragile.get(known_users[61]).json()["fallback"] is None)
 
 
 def test_retrieval_down_serves_popular_items_ranked(fragile, known_users, popular):
@@ -161,6 +202,32 @@ def test_everything_down_serves_the_startup_popular_list(fragile, known_users, p
     assert _poll(lambda: fragile.get(known_users[8]).json()["fallback"] is None)
 
 
+def test_redis_stalled_serves_without_cache_within_the_deadline_then_caches_again(fragile, known_users):
+    """A stalled Redis (SIGSTOP: connections open, no answers) costs each request at most the
+    cache budget (GATEWAY_CACHE_TIMEOUT_MS), never the request; once it answers again, so does the cache."""
+    user = known_users[45]
+    fragile.get(user)
+    assert _poll(lambda: fragile.get(user).json()["cached"])
+    errors_before = _counter(fragile.metrics(), 'gateway_cache_requests_total{result="error"}')
+    fragile.cache_stack.signal("redis", signal.SIGSTOP)
+    try:
+        for _ in range(10):
+            t = time.perf_counter()
+            r = fragile.get(user)
+            took = time.perf_counter() - t
+            assert r.status_code == 200, r.text
+            assert r.json()["cached"] is False and r.json()["fallback"] is None, r.json()
+            assert took < DEADLINE_S + MARGIN_S, took
+        m = fragile.metrics()
+        assert _counter(m, 'gateway_cache_requests_total{result="error"}') - errors_before >= 10
+        assert _breaker(m, "redis") in ("open", "half_open")
+    finally:
+        fragile.cache_stack.signal("redis", signal.SIGCONT)
+    # the redis breaker probes back (0.5 s cool-down) and the entry written before the stall is served
+    assert _poll(lambda: fragile.get(user).json()["cached"], timeout=15)
+    assert _breaker(fragile.metrics(), "redis") == "closed"
+
+
 def test_redis_down_serves_without_cache(fragile, known_users):
     user = known_users[40]
     fragile.get(user)
@@ -175,24 +242,113 @@ def test_redis_down_serves_without_cache(fragile, known_users):
     assert _breaker(m, "redis") in ("open", "half_open")
 
 
-def test_gateway_starts_with_an_unreadable_bundle(fragile, tmp_path, known_users):
-    """A broken bundle is not fatal to the gateway: empty catalog, said in metrics and /readyz."""
-    stack = Stack(tmp_path)
+@contextlib.contextmanager
+def _gateway(tmp_path: Path, fragile, **env: str):
+    """A gateway process of its own (no cache) beside the fragile stack's services; ``env``
+    overrides its settings (e.g. another bundle or dependency address)."""
+    stack = Stack(tmp_path / "gateway-run")
     port = free_port()
-    env = {k: v for k, v in fragile.env.items() if k.startswith(("GATEWAY_", "REDIS_URL"))}
-    env.update(GATEWAY_PORT=str(port), ARTIFACTS_DIR=str(tmp_path / "missing"), GATEWAY_CACHE_TTL_S="0")
-    stack.start_module("gateway", "services.gateway", env)
+    base = {k: v for k, v in fragile.env.items() if k.startswith(("GATEWAY_", "REDIS_URL", "ARTIFACTS_DIR"))}
+    stack.start_module("gateway", "services.gateway",
+                       {**base, "GATEWAY_PORT": str(port), "GATEWAY_CACHE_TTL_S": "0", **env})
     try:
         url = f"http://127.0.0.1:{port}"
-        ready = wait_ready(stack, f"{url}/readyz", ["gateway"], 60)
-        assert ready["bundle"] is None and "no artifact bundle" in ready["bundle_error"]
-        with httpx.Client(base_url=url, timeout=5) as c:
-            body = c.get("/recommend", params={"user_id": known_users[0], "k": 5}).json()
-            assert body["fallback"] is None and len(body["items"]) == 5
-            assert all(i["title"] is None for i in body["items"])
-            assert "gateway_catalog_items 0.0" in c.get("/metrics").text
+        assert _poll(lambda: _up(port), timeout=60), "the gateway did not start"
+        with httpx.Client(base_url=url, timeout=5) as client:
+            yield client
     finally:
         stack.stop_all()
+
+
+def _bundle_copy(bundle_path: Path, dest: Path) -> Path:
+    root = dest / "bundle"
+    shutil.copytree(bundle_path.resolve(), root)
+    return root
+
+
+def _rewrite(root: Path, name: str, content: bytes, *, fix_checksum: bool) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / manifest["files"][name]["path"]).write_bytes(content)
+    if fix_checksum:
+        manifest["files"][name]["sha256"] = sha256_file(root / manifest["files"][name]["path"])
+        (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("breakage", ["missing", "tampered_popular_items", "manifest_not_json"])
+def test_gateway_starts_with_an_unreadable_bundle(fragile, tmp_path, known_users, bundle_path, breakage):
+    """A broken bundle is not fatal to the gateway: empty catalog, said in metrics and /readyz."""
+    expected = {"missing": "no artifact bundle", "tampered_popular_items": "sha256 mismatch for popular_items",
+                "manifest_not_json": "is not valid JSON"}[breakage]
+    if breakage == "missing":
+        artifacts = tmp_path / "missing"
+    else:
+        artifacts = _bundle_copy(bundle_path, tmp_path)
+        if breakage == "tampered_popular_items":
+            _rewrite(artifacts, "popular_items", b'[{"item_id": 1, "score": 1.0}]', fix_checksum=False)
+        else:
+            (artifacts / "manifest.json").write_text('{"version": "broken", ')
+    with _gateway(tmp_path, fragile, ARTIFACTS_DIR=str(artifacts)) as c:
+        ready = c.get("/readyz").json()
+        assert ready["bundle"] is None and expected in ready["bundle_error"], ready
+        body = c.get("/recommend", params={"user_id": known_users[0], "k": 5}).json()
+        assert body["fallback"] is None and len(body["items"]) == 5
+        assert all(i["title"] is None for i in body["items"])
+        m = c.get("/metrics").text
+        assert "gateway_catalog_items 0.0" in m and "gateway_popular_items 0.0" in m
+
+
+def test_empty_popular_list_with_retrieval_down_is_an_empty_answer_not_an_error(fragile, tmp_path, known_users,
+                                                                               bundle_path):
+    artifacts = _bundle_copy(bundle_path, tmp_path)
+    _rewrite(artifacts, "popular_items", b"[]", fix_checksum=True)
+    with _gateway(tmp_path, fragile, ARTIFACTS_DIR=str(artifacts),
+                  GATEWAY_RETRIEVAL_ADDR=f"127.0.0.1:{free_port()}") as c:  # nothing listens there
+        assert c.get("/readyz").json()["bundle_error"] is None
+        for user in (known_users[0], "unknown-user"):
+            r = c.get("/recommend", params={"user_id": user, "k": 5})
+            assert r.status_code == 200, r.text
+            assert r.json()["items"] == [] and r.json()["fallback"] == "all_unavailable", r.json()
+
+
+@pytest.fixture
+def refusing_ranking():
+    """A real gRPC ranking server that refuses every request with INVALID_ARGUMENT."""
+    from concurrent import futures
+
+    import grpc
+
+    from common.proto.recsys.v1 import ranking_pb2_grpc
+
+    class Refusing(ranking_pb2_grpc.RankingServiceServicer):
+        calls = 0
+
+        def Rank(self, request, context):  # noqa: N802 - gRPC method name
+            Refusing.calls += 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "candidates: refused by the test server")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    ranking_pb2_grpc.add_RankingServiceServicer_to_server(Refusing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", Refusing
+    server.stop(grace=None)
+
+
+def test_ranking_invalid_argument_is_not_held_against_its_breaker(fragile, tmp_path, known_users,
+                                                                 refusing_ranking):
+    """INVALID_ARGUMENT says the request was bad, not that ranking is unhealthy: every request
+    falls back to retrieval order, and the breaker stays closed (every request still tries)."""
+    addr, servicer = refusing_ranking
+    with _gateway(tmp_path, fragile, GATEWAY_RANKING_ADDR=addr) as c:
+        for user in known_users[70:80]:
+            r = c.get("/recommend", params={"user_id": user, "k": 5})
+            assert r.status_code == 200, r.text
+            assert r.json()["fallback"] == "ranking_unavailable"
+        m = c.get("/metrics").text
+    assert servicer.calls == 10, "the breaker opened and refused calls"
+    assert _counter(m, 'gateway_dependency_errors_total{code="INVALID_ARGUMENT",dependency="ranking"}') == 10
+    assert _breaker(m, "ranking") == "closed"
+    assert _counter(m, 'gateway_circuit_breaker_transitions_total{breaker="ranking"') == 0
 
 
 def test_sigterm_stops_the_gateway_cleanly(tmp_path, fragile):

@@ -25,56 +25,121 @@ def _breaker(clock, *, rate=0.5, window=4, min_calls=3, reset_s=2.0, **kw) -> Ci
                           clock=clock, **kw)
 
 
+def _call(b: CircuitBreaker, failed: bool) -> None:
+    """One call allowed and ended at once (no concurrency)."""
+    permit = b.allow()
+    assert permit is not None, "the call was refused"
+    b.record_failure(permit) if failed else b.record_success(permit)
+
+
 def test_breaker_opens_on_failure_rate_and_probes_back():
-    clock, states = Clock(), []
-    b = _breaker(clock, on_state=lambda name, s: states.append((name, s)))
+    clock, changes = Clock(), []
+    b = _breaker(clock, on_change=lambda name, old, new: changes.append((name, old, new)))
     for _ in range(2):
-        assert b.allow()
-        b.record_failure()
+        _call(b, failed=True)
     assert b.state == CLOSED, "fewer than min_calls outcomes: never opens"
-    assert b.allow()
-    b.record_failure()
-    assert b.state == OPEN and not b.allow()
+    _call(b, failed=True)
+    assert b.state == OPEN and b.allow() is None
     clock.t = 1.9
-    assert not b.allow()
+    assert b.allow() is None
     clock.t = 2.0
     assert b.state == HALF_OPEN
-    assert b.allow(), "one probe goes through"
-    assert not b.allow(), "only one probe at a time"
-    b.record_failure()
+    probe = b.allow()
+    assert probe is not None and probe.probe, "one probe goes through"
+    assert b.allow() is None, "only one probe at a time"
+    b.record_failure(probe)
     assert b.state == OPEN, "a failed probe re-opens"
     clock.t = 4.5
-    assert b.allow()
-    b.record_success()
-    assert b.state == CLOSED and b.allow()
-    b.record_failure()
+    b.record_success(b.allow())
+    assert b.state == CLOSED and b.allow() is not None
+    _call(b, failed=True)
     assert b.state == CLOSED, "closing starts an empty window"
-    assert states[0] == ("ranking", CLOSED) and ("ranking", OPEN) in states and ("ranking", HALF_OPEN) in states
+    assert changes == [("ranking", None, CLOSED), ("ranking", CLOSED, OPEN), ("ranking", OPEN, HALF_OPEN),
+                       ("ranking", HALF_OPEN, OPEN), ("ranking", OPEN, HALF_OPEN), ("ranking", HALF_OPEN, CLOSED)]
 
 
 def test_breaker_tolerates_sporadic_failures_below_the_rate():
     b = _breaker(Clock(), rate=0.5, window=10, min_calls=5)
     for i in range(200):  # every third call fails: 33 % < 50 %
-        b.record_failure() if i % 3 == 0 else b.record_success()
+        _call(b, failed=i % 3 == 0)
         assert b.state == CLOSED, i
 
 
 def test_breaker_window_forgets_old_failures():
     b = _breaker(Clock(), rate=0.5, window=4, min_calls=4)
-    for outcome in (True, True, False, False, False, False):  # two early failures, then four successes
-        b.record_failure() if outcome else b.record_success()
+    for failed in (True, True, False, False, False, False):  # two early failures, then four successes
+        _call(b, failed)
     assert b.state == CLOSED
-    b.record_failure()  # window S S S F: 1 of 4, the early failures are gone
+    _call(b, failed=True)  # window S S S F: 1 of 4, the early failures are gone
     assert b.state == CLOSED
-    b.record_failure()  # S S F F: 2 of 4 = 50 %
+    _call(b, failed=True)  # S S F F: 2 of 4 = 50 %
     assert b.state == OPEN
 
 
 def test_breaker_rejects_inconsistent_settings():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="failure_rate"):
         _breaker(Clock(), rate=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_calls <= window"):
         _breaker(Clock(), window=3, min_calls=4)
+
+
+def test_a_late_success_does_not_close_a_breaker_its_siblings_opened():
+    """Four calls in flight (window 4, min 2 calls, rate 0.5): two fail and open the breaker; the
+    other two, allowed while closed, end afterwards - their outcomes belong to the closed state."""
+    clock, changes = Clock(), []
+    b = _breaker(clock, window=4, min_calls=2, on_change=lambda name, old, new: changes.append(new))
+    first, second, third, fourth = (b.allow() for _ in range(4))
+    b.record_failure(first)
+    b.record_failure(second)
+    assert b.state == OPEN
+    b.record_success(third)
+    assert b.state == OPEN, "a late success closed the breaker"
+    assert b.allow() is None
+    clock.t = 1.0
+    b.record_failure(fourth)  # nor does a late failure restart the cool-down of the open breaker
+    clock.t = 2.0
+    assert b.state == HALF_OPEN
+    assert changes == [CLOSED, OPEN]
+
+
+def test_half_open_admits_exactly_one_probe_whatever_completes_late():
+    clock = Clock()
+    b = _breaker(clock, window=4, min_calls=2)
+    slow_a, slow_b = b.allow(), b.allow()  # allowed while closed, still in flight
+    _call(b, failed=True)
+    _call(b, failed=True)
+    assert b.state == OPEN
+    clock.t = 2.0
+    probe = b.allow()
+    assert probe is not None and probe.probe
+    # late completions of calls allowed before the breaker opened: none frees a second probe
+    b.release(slow_a)
+    assert b.allow() is None, "a late release let a second probe through"
+    b.record_failure(slow_b)
+    assert b.state == HALF_OPEN and b.allow() is None, "a late failure re-opened the half-open breaker"
+    b.record_success(probe)
+    assert b.state == CLOSED
+    # stale permits say nothing about the closed state (two counted failures would re-open it)
+    b.record_failure(probe)
+    b.record_failure(slow_b)
+    assert b.state == CLOSED
+
+
+def test_breaker_transitions_are_counted_in_metrics():
+    m = GatewayMetrics()
+    clock = Clock()
+    b = _breaker(clock, window=4, min_calls=2, on_change=m.breaker_changed)
+    get = m.registry.get_sample_value
+    inflight = [b.allow() for _ in range(3)]
+    b.record_failure(inflight[0])
+    b.record_failure(inflight[1])
+    b.record_success(inflight[2])  # late: ignored, no transition
+    clock.t = 2.0
+    b.record_success(b.allow())  # probe -> closed
+    counts = {s: get("gateway_circuit_breaker_transitions_total", {"breaker": "ranking", "state": s})
+              for s in (CLOSED, OPEN, HALF_OPEN)}
+    assert counts == {CLOSED: 1.0, OPEN: 1.0, HALF_OPEN: 1.0}
+    assert get("gateway_circuit_breaker_state", {"breaker": "ranking", "gateway_circuit_breaker_state": CLOSED}) == 1
 
 
 def test_bulkhead_bounds_in_flight_calls_and_sheds_on_timeout():
@@ -99,8 +164,8 @@ def test_bulkhead_bounds_in_flight_calls_and_sheds_on_timeout():
 def test_breaker_state_is_exported():
     m = GatewayMetrics()
     b = CircuitBreaker("retrieval", failure_rate=1.0, window=1, min_calls=1, reset_s=1.0,
-                       on_state=m.set_breaker_state, clock=Clock())
-    b.record_failure()
+                       on_change=m.breaker_changed, clock=Clock())
+    b.record_failure(b.allow())
     from prometheus_client import generate_latest
 
     text = generate_latest(m.registry).decode()
@@ -142,11 +207,12 @@ def test_build_cache(url, ttl, kind):
 def test_a_cancelled_probe_does_not_wedge_a_half_open_breaker():
     clock = Clock()
     b = _breaker(clock, window=1, min_calls=1, reset_s=1.0)
-    b.record_failure()
+    _call(b, failed=True)
     clock.t = 1.0
-    assert b.allow()  # the probe
-    b.release()  # ... was cancelled
-    assert b.allow(), "the next request may probe again"
+    probe = b.allow()
+    assert probe is not None
+    b.release(probe)  # ... was cancelled
+    assert b.allow() is not None, "the next request may probe again"
 
 
 def _recommender(popular=((10, 0.9), (11, 0.8), (12, 0.7), (13, 0.6)), **settings):
@@ -191,31 +257,33 @@ def test_candidate_sources_are_observed_per_name():
 
 
 def test_overload_is_shed_in_the_gateway_without_touching_the_breaker():
-    """Bulkhead of 1 and a call that holds it: a second call waits only until its own deadline,
-    is shed (no call made), and the dependency's breaker records nothing."""
+    """Bulkhead of 1 and a call that holds it until released: a second call waits only until its
+    own deadline, is shed (no call made), and the dependency's breaker records nothing."""
     import time
 
     rec = _recommender(ranking_max_in_flight=1)
     calls = []
 
-    async def slow_rank(request, timeout):
-        calls.append(timeout)
-        await asyncio.sleep(0.05)
-        return "ranked"
-
     async def main():
-        now = time.perf_counter()
-        first = asyncio.create_task(rec._call("ranking", slow_rank, None, 1.0, now + 1.0))
-        await asyncio.sleep(0)
-        t = time.perf_counter()
-        second = await rec._call("ranking", slow_rank, None, 1.0, t + 0.01)  # 10 ms left
-        waited = time.perf_counter() - t
-        return await first, second, waited
+        hold = asyncio.Event()
 
-    first, second, waited = asyncio.run(main())
+        async def held_rank(request, timeout):
+            calls.append(timeout)
+            await hold.wait()  # the slot frees only when the test says so, never by a timer
+            return "ranked"
+
+        first = asyncio.create_task(rec._call("ranking", held_rank, None, 5.0, time.perf_counter() + 5.0))
+        await asyncio.sleep(0)
+        assert rec.bulkheads["ranking"].in_flight == 1
+        # 200 ms left: ample for any scheduling delay, far less than the first call's hold
+        second = await rec._call("ranking", held_rank, None, 5.0, time.perf_counter() + 0.2)
+        assert not first.done(), "the second call returned because it was shed, not because the slot freed"
+        hold.set()
+        return await first, second
+
+    first, second = asyncio.run(main())
     assert first == "ranked" and second is None
     assert len(calls) == 1, "the shed call never reached the dependency"
-    assert waited < 0.03, "it waited no longer than its deadline"
     get = rec.metrics.registry.get_sample_value
     assert get("gateway_dependency_errors_total", {"dependency": "ranking", "code": "shed"}) == 1
     assert get("gateway_dependency_wait_seconds_count", {"dependency": "ranking"}) == 2
@@ -246,9 +314,10 @@ def test_a_timeout_caused_by_queueing_is_not_held_against_the_dependency():
 
     async def main():
         now = time.perf_counter()
-        await rec._call("ranking", times_out, None, 0.040, now + 0.010)  # only 10 ms of a 40 ms budget left
+        # the stub fails at once, so nothing here depends on how fast the machine is
+        await rec._call("ranking", times_out, None, 5.0, now + 2.0)  # at most 2 s of a 5 s budget left
         squeezed = rec.breakers["ranking"].state
-        await rec._call("ranking", times_out, None, 0.040, now + 1.0)  # the full 40 ms budget
+        await rec._call("ranking", times_out, None, 0.040, now + 10.0)  # the full 40 ms budget
         return squeezed, rec.breakers["ranking"].state
 
     squeezed, full = asyncio.run(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,13 +54,35 @@ def test_gate_rejects_a_real_model_worse_than_popularity(tmp_path):
         P.gate(metrics)
 
 
+def _untrained(p, inter, cfg, progress=None, init=None):
+    """Stands in for ``train_two_tower``: the same architecture, never trained."""
+    torch.manual_seed(0)
+    cards = [int(c) for c in p.inputs.user_cat_cardinality]
+    n_genres = len(p.ds.genres)
+    return TT.TwoTower(TT.UserTower(len(p.user_ids), len(p.item_ids), cards, n_genres, cfg.two_tower),
+                       TT.ItemTower(len(p.item_ids), n_genres, cfg.two_tower), 0.1)
+
+
 def test_cli_exits_non_zero_and_publishes_nothing_when_the_gate_fails(monkeypatch, tmp_path):
+    """The real `python -m models run` (tiny config, private folders) with an untrained two-tower:
+    the real gate refuses it, the CLI exits 2, ``current`` still points at the old bundle and no
+    staging folder or new version is left behind."""
     from models import __main__ as cli
 
-    def refuse(*_a, **_k):
-        raise P.GateError("validation gate: two-tower recall@100 0.1000 is not above popularity's 0.2000")
+    if not (REPO_ROOT / "data" / "raw" / "ml-100k" / "ml-100k.inter").is_file():
+        pytest.fail("no MovieLens-100K: run `make data`")
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "v-old").mkdir(parents=True)
+    (artifacts / "current").symlink_to("v-old", target_is_directory=True)
+    cfg = dataclasses.replace(PipelineConfig().tiny(), artifacts_dir=artifacts, processed_dir=tmp_path / "processed")
+    monkeypatch.setattr(cli, "PipelineConfig", lambda: cfg)
+    monkeypatch.setattr(P, "train_two_tower", _untrained)
+    for name, value in {"FEAST_DATA_DIR": tmp_path / "feast", "FEAST_OFFLINE_DIR": tmp_path / "features"}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("REDIS_URL", raising=False)
 
-    monkeypatch.setattr(P, "run", refuse)
-    result = CliRunner().invoke(cli.app, ["run"])
-    assert result.exit_code == 2
+    result = CliRunner().invoke(cli.app, ["run", "--no-materialize"])
+    assert result.exit_code == 2, result.output
     assert "not above popularity" in result.output
+    assert sorted(p.name for p in artifacts.iterdir()) == ["current", "v-old"], "something was staged or published"
+    assert (artifacts / "current").readlink() == Path("v-old")

@@ -43,8 +43,52 @@ def test_returns_the_same_ids_sorted_by_score(ranking_stub, bundle, catalog, kno
     assert sorted(got) == sorted(ids.tolist())
     scores = list(resp.scores)
     assert scores == sorted(scores, reverse=True)
-    assert len(set(scores)) > 1  # a real model, not a constant
     assert resp.model_version == bundle.version
+
+
+def test_scores_come_from_item_features_not_only_the_retrieval_score(ranking_stub, catalog, known_user):
+    ids = catalog[:100]
+    resp = ranking_stub.Rank(rank_request(known_user, ids, np.full(ids.size, 0.5)), timeout=5)
+    assert len(set(resp.scores)) > 50, "equal retrieval scores gave (nearly) equal ranking scores"
+
+
+def test_scores_change_when_the_users_online_features_change(ranking_stub, bundle, services_feast, catalog):
+    """A new user_aggregates row written to the online store changes the next Rank's scores: the
+    service reads the user's features per request and the model uses them."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from feature_store.store import feature_store
+
+    user = int(np.load(bundle.path("user_ids"), allow_pickle=False)[5])  # no other test ranks this user
+    ids = catalog[:100]
+    request = rank_request(str(user), ids, np.linspace(0.9, 0.1, ids.size))
+
+    def scores() -> dict[int, float]:
+        resp = ranking_stub.Rank(request, timeout=5)
+        return dict(zip(resp.item_ids, resp.scores, strict=True))
+
+    store = feature_store(services_feast)
+    refs = ["user_aggregates:n_interactions", "user_aggregates:mean_rating", "user_aggregates:genre_affinity"]
+    original = store.get_online_features(refs, [{"user_id": user}]).to_dict()
+
+    def write(n: float, mean: float, affinity) -> None:
+        now = pd.Timestamp(datetime.now(UTC))
+        store.write_to_online_store("user_aggregates", pd.DataFrame({
+            "user_id": [user], "n_interactions": np.float32([n]), "mean_rating": np.float32([mean]),
+            "genre_affinity": [np.asarray(affinity, np.float32)], "event_timestamp": [now], "created": [now]}))
+
+    before = scores()
+    n_genres = len(original["genre_affinity"][0])
+    write(2000.0, 1.0, np.eye(n_genres, dtype=np.float32)[0])
+    try:
+        after = scores()
+    finally:
+        write(original["n_interactions"][0], original["mean_rating"][0], original["genre_affinity"][0])
+    diff = max(abs(before[i] - after[i]) for i in before)
+    assert diff > 1e-3, f"the user's features changed, the scores did not (max diff {diff})"
+    assert scores() == pytest.approx(before, rel=1e-5), "restoring the row restores the scores"
 
 
 def test_unknown_user_is_ranked(ranking_stub, catalog):
