@@ -45,3 +45,13 @@ def test_tampered_bundle_is_refused(name, services_env, bundle_path, tmp_path):
     assert rc != 0
     assert f"{name}: refusing to serve:" in text and "sha256 mismatch" in text
     assert "SERVING\n" not in text.replace("NOT_SERVING", "")
+
+
+@pytest.mark.parametrize("name", ["retrieval", "ranking"])
+def test_unknown_online_store_type_is_refused_in_one_line(name, services_env, tmp_path):
+    rc, text = _refused(name, {**services_env, "FEAST_ONLINE_TYPE": "memcached"}, tmp_path / "run")
+    assert rc != 0
+    line = next(ln for ln in text.splitlines() if "refusing to serve" in ln)
+    assert line.endswith(f"{name}: refusing to serve: FEAST_ONLINE_TYPE='memcached' is not a known online store "
+                         "type (one of: redis, sqlite)")
+    assert "Traceback" not in text
