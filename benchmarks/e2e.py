@@ -46,8 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.loadgen import percentile
 from common.settings import REPO_ROOT
+from common.stats import percentile
 
 TARGETS = {  # issue 4, ml-100k bundle
     "p50_ms": ("<=", 6.0), "p99_ms": ("<=", 15.0), "cache_hit_p50_ms": ("<=", 1.0),

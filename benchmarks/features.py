@@ -117,9 +117,9 @@ def _scale(redis_url: str, layout, n: int, n_items: int, calls: int, rows: list[
     """A synthetic ``n``-item table (the 1M scale catalog's size): pack, publish, load, gather."""
     import redis
 
+    from feature_store.backends.redis import RedisBackend
     from feature_store.item_table import ItemTable, pack_table, unpack_table
     from feature_store.online_layout import Layout
-    from feature_store.reader import RedisBackend
 
     rng = np.random.default_rng(1)
     ids = np.arange(1, n + 1, dtype=np.int64)

@@ -2,7 +2,7 @@
 latency measurement and the result table/JSON.
 
 Nothing here is faked: the services are the real ``python -m services.<name>`` processes on free
-loopback ports, reading a private ``redis-server`` that Feast materialised the bundle's features
+loopback ports (started and stopped by :class:`deploy.local.Stack`, the one process manager), reading a private ``redis-server`` that Feast materialised the bundle's features
 into; latencies are wall-clock per gRPC call as a client sees them.
 """
 
@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,9 +25,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from common.net import free_port
 from common.settings import REPO_ROOT, FeatureStoreSettings
+from deploy.local import Stack, start_redis
 
 RESULTS_DIR = REPO_ROOT / "bench-results"
+SERVICE_STOP_TIMEOUT_S = 30  # SIGTERM, then SIGKILL only if a service ignores it this long
 console = Console()
 if not console.is_terminal:  # logs and CI: do not wrap the result tables at 80 columns
     console = Console(width=150)
@@ -41,44 +40,15 @@ class BenchError(RuntimeError):
     """A precondition of a benchmark is not met (no bundle, no redis-server...)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise BenchError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
 @contextmanager
 def private_redis() -> Iterator[str]:
-    """A throw-away ``redis-server`` on a free port (never the shared 6379)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not on PATH")
-    port = free_port()
+    """A throw-away ``redis-server`` on a free port (never the shared 6379), run by deploy.local."""
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
+        stack = Stack(Path(workdir))
         try:
-            _wait_port(port, proc, 20)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield start_redis(stack)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stack.stop("redis")
 
 
 def feast_settings(redis_url: str, data_dir: Path) -> FeatureStoreSettings:
@@ -140,33 +110,23 @@ def wait_serving(address: str, proc: subprocess.Popen, timeout: float, service: 
     raise BenchError(f"{address} not SERVING after {timeout}s")
 
 
-def spawn_service(name: str, env: dict[str, str], log_path: Path, **extra: str) -> tuple[subprocess.Popen, int, int]:
-    """Start ``python -m services.<name>`` on free ports; returns (process, port, metrics port)."""
+def spawn_service(stack: Stack, name: str, env: dict[str, str], **extra: str) -> tuple[subprocess.Popen, int, int]:
+    """Start ``python -m services.<name>`` under ``stack`` (log ``stack.log_path(name)``) on free
+    ports, with exactly ``env`` as its environment; returns (process, port, metrics port)."""
     prefix = name.upper()
     port, metrics_port = free_port(), free_port()
     env = {**env, f"{prefix}_PORT": str(port), f"{prefix}_METRICS_PORT": str(metrics_port), **extra}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=REPO_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+    # the whole environment: service_env() stripped the caller's service variables on purpose
+    proc = stack.start_module(name, f"services.{name}", env, inherit_env=False)
     return proc, port, metrics_port
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
-    """SIGTERM, wait; SIGKILL only if the process ignores it for ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 @contextmanager
 def run_service(name: str, env: dict[str, str], log_dir: Path, timeout: float = 180.0) -> Iterator[Service]:
     """``python -m services.<name>`` on free ports; waits for SERVING; SIGTERM on exit."""
-    log_path = log_dir / f"{name}.log"
-    proc, port, metrics_port = spawn_service(name, env, log_path)
+    stack = Stack(log_dir)
+    proc, port, metrics_port = spawn_service(stack, name, env)
+    log_path = stack.log_path(name)
     address = f"127.0.0.1:{port}"
     try:
         try:
@@ -175,7 +135,7 @@ def run_service(name: str, env: dict[str, str], log_dir: Path, timeout: float = 
             raise BenchError(f"{exc}\n--- {log_path} ---\n{log_path.read_text()[-3000:]}") from exc
         yield Service(name, address, metrics_port, proc, log_path)
     finally:
-        stop_process(proc)
+        stack.stop(name, timeout=SERVICE_STOP_TIMEOUT_S)
 
 
 def server_stage_means(metrics_port: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 ``python -m common.config_doc`` prints the markdown table that README.md carries between the
 ``<!-- config:begin -->`` / ``<!-- config:end -->`` markers; ``--write`` rewrites that block.
-tests/test_config_doc.py fails when README.md or .env.example drift from the models.
+tests/common/test_config_doc.py fails when README.md or .env.example drift from the models.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ prefix (``RETRIEVAL_``, ``RANKING_``, ``GATEWAY_``); the values that several com
 agree on live here and are read from un-prefixed variables (``REDIS_URL``, ``ARTIFACTS_DIR``)
 or the ``FEAST_`` prefix. Settings are read once, at start-up, by the process entry point and
 passed down; nothing here reads the environment at import time.
-Every variable is documented in ``.env.example`` (checked by tests/test_settings_doc.py).
+Every variable is documented in ``.env.example`` and README (checked by tests/common/test_config_doc.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ class FeatureStoreSettings(Base):
             "Serving: treat online rows older than their feature view's TTL as missing (Feast 0.67's SDK does not). "
             "Off for the replayed 1998 MovieLens history, whose pushed context would all be expired; turn on for live data."
         ),
+    )
+    # Checked when the store is built (feature_store.backends), not here: a pydantic error is a
+    # multi-line traceback, an unknown type must fail with one line that names the variable.
+    online_type: str | None = Field(
+        None,
+        description="Feast online store backend: `redis` or `sqlite`; unset = `redis` when REDIS_URL is set, else `sqlite`.",
     )
     redis_url: str | None = Field(
         None,

@@ -10,8 +10,9 @@ Redis: ``REDIS_URL`` when set; otherwise a private ``redis-server`` on a free po
 binary exists; tracked in ``run/`` and stopped by ``down``) into which the features are
 materialised; otherwise Feast's embedded SQLite online store and the gateway's in-process cache.
 
-:class:`Stack` is the process manager behind all of it; the gateway tests and the end-to-end
-benchmark use it to run private stacks on free ports.
+:class:`Stack` is the one process manager of the repo: besides ``make up`` the gateway and
+service tests, the test Redis and the benchmarks (``benchmarks.harness``, ``benchmarks.e2e``)
+use it to run private processes on free ports.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +32,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from common.net import free_port, port_in_use
 from common.settings import REPO_ROOT
 
 RUN_DIR = REPO_ROOT / "run"
@@ -46,19 +47,7 @@ class StackError(RuntimeError):
     """The stack could not be started (message says what and where to look)."""
 
 
-# -- ports -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
+# -- ports (free_port / port_in_use live in common.net; imported here, also for the tests) ------
 @dataclass(frozen=True)
 class Ports:
     gateway: int
@@ -145,14 +134,17 @@ class Stack:
     def pid_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
+              inherit_env: bool = True) -> subprocess.Popen:
+        """Start ``argv`` as ``name``; ``env`` is added to this process's environment, or with
+        ``inherit_env=False`` is the whole environment (the benchmarks strip service variables)."""
         if self.pid_path(name).exists() and self.pid(name) is not None:
             raise StackError(f"{name} is already running (pid {self.pid(name)}, {self.pid_path(name)}): "
                              "run `make down` first")
         log = open(self.log_path(name), "wb")  # noqa: SIM115 - the child owns it; a fresh log per start
         try:
             proc = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                argv, cwd=REPO_ROOT, env={**(os.environ if inherit_env else {}), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C in the shell does not reach it
             )
         finally:
@@ -161,8 +153,9 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def start_module(self, name: str, module: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start(name, [sys.executable, "-m", module], env)
+    def start_module(self, name: str, module: str, env: dict[str, str] | None = None, *,
+                     inherit_env: bool = True) -> subprocess.Popen:
+        return self.start(name, [sys.executable, "-m", module], env, inherit_env=inherit_env)
 
     def pid(self, name: str) -> int | None:
         """The pid from the pid file if that process still runs what we started."""

@@ -19,8 +19,11 @@ well under a millisecond, so this module reads the rows Feast wrote, itself:
   database when another connection committed. If no snapshot was ever
   published (Feast materialised by other means), the reader builds the table by scanning
   Feast's item rows at start-up and warns that it cannot see later item updates.
-* **SQLite** (Feast's embedded store, the default without ``REDIS_URL``): the same reader over
-  Feast's ``<project>_<view>`` tables; users with one ``UNION ALL`` query.
+* **where the rows come from**: one backend per Feast online store, chosen by
+  ``FEAST_ONLINE_TYPE`` (:mod:`feature_store.backends`: ``redis``, the default with
+  ``REDIS_URL``; ``sqlite``, Feast's embedded store, the default without). A backend returns
+  raw rows in Feast's layout; everything below (decoding, defaults, TTL, the item table) is
+  this module's and the same for every store.
 
 Semantics match the SDK exactly (guarded by ``tests/feature_store/test_reader_contract.py``):
 where the SDK returns ``None`` the reader returns the feature's default (0, 0.0, "", zeros or
@@ -44,23 +47,20 @@ imports Feast once, at start-up, to read the registry.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sqlite3
-import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from feature_store.backends import OnlineBackend, backend_class
+from feature_store.feast_store import feature_store
 from feature_store.item_table import ItemTable, build_item_table, pack_table, unpack_table
-from feature_store.online_layout import Layout, LayoutError, ValueDecoder, ViewSpec, default_for
+from feature_store.online_layout import Layout, LayoutError, ValueDecoder, default_for
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -68,9 +68,6 @@ if TYPE_CHECKING:
     from common.settings import FeatureStoreSettings
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT_PART_BYTES = 16 << 20  # Redis value size of one snapshot part
-SNAPSHOT_OLD_TTL_S = 600        # a replaced snapshot stays readable this long for slow loaders
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,250 +120,6 @@ class FeatureReaderMetrics:
 
 
 # ---------------------------------------------------------------------------------------------
-# backends: where the raw rows come from
-
-
-class _Backend(Protocol):
-    def read_user(self, user_id: int) -> dict[str, tuple[bytes | None, list[bytes | None]]]: ...
-    def snapshot_version(self) -> str | None: ...
-    def load_snapshot(self, version: str) -> bytes | None: ...
-    def publish_snapshot(self, blob: bytes, version: str) -> None: ...
-    def scan_items(self) -> Iterator[tuple[int, str, bytes | None, list[bytes | None]]]: ...
-    def close(self) -> None: ...
-
-
-def _snapshot_keys(project: str) -> tuple[str, str]:
-    base = f"{project}:fsreader:items"
-    return f"{base}:current", base
-
-
-class RedisBackend:
-    """Feast's Redis layout: one hash per entity key, field per feature (see online_layout)."""
-
-    def __init__(self, layout: Layout, client, version_max_age_s: float = 1.0) -> None:
-        self.layout = layout
-        self.client = client
-        self.version_max_age_s = version_max_age_s
-        self._seen: tuple[float, bytes | None] | None = None  # snapshot version read with the last user
-        self._user_views = layout.views_of("user")
-        self._user_prefix = layout.entity_prefix("user")
-        self._project = layout.project.encode("utf8")
-        self._user_fields: list[bytes] = []
-        self._user_slices: list[tuple[ViewSpec, int, int]] = []  # view, start, stop (ts at stop)
-        for v in self._user_views:
-            start = len(self._user_fields)
-            self._user_fields += [f.redis_field for f in v.features]
-            self._user_slices.append((v, start, len(self._user_fields)))
-            self._user_fields.append(v.ts_field)
-        self._item_views = layout.views_of("item")
-        self._pointer, self._base = _snapshot_keys(layout.project)
-
-    def read_user(self, user_id: int):
-        """One round trip: the user's hash (profile + aggregates + pushed context) and the item
-        snapshot version, which the next ``item_features`` call of the request then reuses."""
-        key = self._user_prefix + struct.pack("<q", user_id) + self._project
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("HMGET", key, *self._user_fields)
-            pipe.execute_command("GET", self._pointer)
-            raw, version = pipe.execute()
-        self._seen = (time.monotonic(), version)
-        return {v.name: (raw[stop], raw[start:stop]) for v, start, stop in self._user_slices}
-
-    def snapshot_version(self) -> str | None:
-        """The version read with the last user (used once, if at most ``version_max_age_s`` old),
-        else one ``GET``."""
-        seen, self._seen = self._seen, None
-        if seen is not None and time.monotonic() - seen[0] <= self.version_max_age_s:
-            cur = seen[1]
-        else:
-            cur = self.client.execute_command("GET", self._pointer)
-        return cur.decode() if cur is not None else None
-
-    def load_snapshot(self, version: str) -> bytes | None:
-        meta = self.client.get(f"{self._base}:{version}:meta")
-        if meta is None:
-            return None
-        parts = json.loads(meta)["parts"]
-        with self.client.pipeline(transaction=False) as pipe:
-            for i in range(parts):
-                pipe.get(f"{self._base}:{version}:{i}")
-            chunks = pipe.execute()
-        if any(c is None for c in chunks):
-            return None
-        return b"".join(chunks)
-
-    def publish_snapshot(self, blob: bytes, version: str) -> None:
-        parts = [blob[i: i + SNAPSHOT_PART_BYTES] for i in range(0, len(blob), SNAPSHOT_PART_BYTES)] or [b""]
-        old = self.client.get(self._pointer)
-        with self.client.pipeline(transaction=False) as pipe:
-            for i, part in enumerate(parts):
-                pipe.set(f"{self._base}:{version}:{i}", part)
-            pipe.set(f"{self._base}:{version}:meta", json.dumps({"parts": len(parts), "bytes": len(blob)}))
-            pipe.execute()
-        # switch only once every part is written; keep the replaced snapshot readable for a while
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._pointer, version)
-            if old is not None and old.decode() != version:
-                for k in self.client.scan_iter(match=f"{self._base}:{old.decode()}:*", count=1000):
-                    pipe.expire(k, SNAPSHOT_OLD_TTL_S)
-            pipe.execute()
-
-    def scan_items(self):
-        prefix = self.layout.entity_prefix("item")
-        pattern = _glob_escape(prefix) + b"*" + _glob_escape(self._project)
-        keylen = len(prefix) + 8 + len(self._project)
-        fields: list[bytes] = []
-        slices = []
-        for v in self._item_views:
-            start = len(fields)
-            fields += [f.redis_field for f in v.features]
-            slices.append((v, start, len(fields)))
-            fields.append(v.ts_field)
-        batch: list[bytes] = []
-
-        def flush():
-            with self.client.pipeline(transaction=False) as pipe:
-                for k in batch:
-                    pipe.hmget(k, fields)
-                replies = pipe.execute()
-            for k, raw in zip(batch, replies, strict=True):
-                (item_id,) = struct.unpack_from("<q", k, len(prefix))
-                for v, start, stop in slices:
-                    yield item_id, v.name, raw[stop], raw[start:stop]
-
-        for k in self.client.scan_iter(match=pattern, count=5000):
-            if len(k) != keylen or not k.startswith(prefix) or not k.endswith(self._project):
-                continue
-            batch.append(k)
-            if len(batch) >= 2000:
-                yield from flush()
-                batch = []
-        if batch:
-            yield from flush()
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _glob_escape(b: bytes) -> bytes:
-    out = bytearray()
-    for ch in b:
-        if ch in b"*?[]\\":
-            out += b"\\"
-        out.append(ch)
-    return bytes(out)
-
-
-def _parse_sqlite_ts(value) -> float | None:
-    """Feast stores event_ts as naive UTC (``datetime`` adapter -> ISO text)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.timestamp()
-    return float(value)
-
-
-class SqliteBackend:
-    """Feast's embedded SQLite layout: table ``<project>_<view>``, one row per (entity, feature)."""
-
-    def __init__(self, layout: Layout, path: str) -> None:
-        if not os.path.isfile(path):
-            raise LayoutError(f"no Feast SQLite online store at {path} (run `make materialize`)")
-        self.layout = layout
-        self.path = path
-        # autocommit: every SELECT sees the latest commit of Feast's writer connection
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        absent = [layout.sqlite_table(v) for v in layout.views if layout.sqlite_table(v) not in tables]
-        if absent:
-            raise LayoutError(f"{path} has no table {', '.join(absent)} (run `make feature-apply materialize`)")
-        self._user_views = layout.views_of("user")
-        self._user_prefix = layout.entity_prefix("user")
-        self._user_sql = " UNION ALL ".join(
-            f"SELECT {i}, feature_name, value, event_ts FROM {_quote(layout.sqlite_table(v.name))} WHERE entity_key = ?1"
-            for i, v in enumerate(self._user_views))
-        self._meta = _quote(f"{layout.project}__fsreader")
-        self._data_version: int | None = None
-        self._cached_version: str | None = None
-
-    def read_user(self, user_id: int):
-        key = self._user_prefix + struct.pack("<q", user_id)
-        with self._lock:
-            rows = self.conn.execute(self._user_sql, (key,)).fetchall()
-        out = {}
-        grouped: dict[int, list] = {}
-        for i, name, val, ts in rows:
-            grouped.setdefault(i, []).append((name, val, ts))
-        for i, v in enumerate(self._user_views):
-            got = grouped.get(i, [])
-            by_name = {name: val for name, val, _ in got}
-            out[v.name] = (got[-1][2] if got else None, [by_name.get(f.name) for f in v.features])
-        return out
-
-    def snapshot_version(self) -> str | None:
-        with self._lock:
-            (dv,) = self.conn.execute("PRAGMA data_version").fetchone()
-            if dv == self._data_version:
-                return self._cached_version
-            try:
-                row = self.conn.execute(f"SELECT value FROM {self._meta} WHERE key = 'current'").fetchone()
-            except sqlite3.OperationalError:  # no snapshot was ever published
-                row = None
-            self._data_version, self._cached_version = dv, (row[0] if row else None)
-            return self._cached_version
-
-    def load_snapshot(self, version: str) -> bytes | None:
-        with self._lock:
-            row = self.conn.execute(f"SELECT value FROM {self._meta} WHERE key = ?", (f"blob:{version}",)).fetchone()
-        return bytes(row[0]) if row else None
-
-    def publish_snapshot(self, blob: bytes, version: str) -> None:
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self._meta} (key TEXT PRIMARY KEY, value BLOB)")
-                self.conn.execute(f"DELETE FROM {self._meta} WHERE key LIKE 'blob:%'")
-                self.conn.execute(f"INSERT INTO {self._meta} VALUES (?, ?)", (f"blob:{version}", blob))
-                self.conn.execute(f"INSERT OR REPLACE INTO {self._meta} VALUES ('current', ?)", (version,))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-
-    def scan_items(self):
-        prefix = self.layout.entity_prefix("item")
-        for v in self.layout.views_of("item"):
-            with self._lock:
-                rows = self.conn.execute(
-                    f"SELECT entity_key, feature_name, value, event_ts FROM {_quote(self.layout.sqlite_table(v.name))} "
-                    "ORDER BY entity_key").fetchall()
-            cur_key, ts, vals = None, None, {}
-            for ek, name, val, ets in rows + [(None, None, None, None)]:
-                if ek != cur_key:
-                    if cur_key is not None and len(cur_key) == len(prefix) + 8 and cur_key.startswith(prefix):
-                        (item_id,) = struct.unpack_from("<q", cur_key, len(prefix))
-                        yield item_id, v.name, ts, [vals.get(f.name) for f in v.features]
-                    cur_key, vals = ek, {}
-                vals[name] = val
-                ts = ets
-        return
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-# ---------------------------------------------------------------------------------------------
 # the reader
 
 
@@ -376,7 +129,7 @@ class OnlineFeatureReader:
     def __init__(
         self,
         layout: Layout,
-        backend: _Backend,
+        backend: OnlineBackend,
         *,
         metrics: FeatureReaderMetrics,
         enforce_ttl: bool = False,
@@ -390,7 +143,6 @@ class OnlineFeatureReader:
         self.enforce_ttl = enforce_ttl
         self.clock = clock
         self._decoder = ValueDecoder()
-        self._sqlite = isinstance(backend, SqliteBackend)  # event_ts comes as SQLite values, not protos
         self._user_views = layout.views_of("user")
         self._item_views = layout.views_of("item")
         unknown = set(defaults or {}) - {f.ref for v in layout.views.values() for f in v.features}
@@ -421,9 +173,10 @@ class OnlineFeatureReader:
         missing: set[str] = set()
         event_ts: dict[str, float | None] = {}
         dec = self._decoder
+        event_time = self.backend.event_ts  # each store keeps event times its own way
         for v in self._user_views:
             ts_raw, vals = raw[v.name]
-            ts = _parse_sqlite_ts(ts_raw) if self._sqlite else dec.timestamp(ts_raw)
+            ts = event_time(ts_raw)
             event_ts[v.name] = ts
             expired = (self.enforce_ttl and v.ttl_seconds > 0 and ts is not None
                        and now - ts > v.ttl_seconds)
@@ -511,7 +264,7 @@ class OnlineFeatureReader:
     def scan_item_table(self, version: str | None = None) -> ItemTable:
         """Build the item table from Feast's item rows (what publish_item_snapshot packs)."""
         dec = self._decoder
-        sqlite = self._sqlite
+        event_time = self.backend.event_ts
         specs = {v.name: v for v in self._item_views}
 
         def rows():
@@ -519,7 +272,7 @@ class OnlineFeatureReader:
                 v = specs[view]
                 if ts_raw is None and all(x is None for x in vals):
                     continue  # the entity has no row of this view
-                ts = _parse_sqlite_ts(ts_raw) if sqlite else dec.timestamp(ts_raw)
+                ts = event_time(ts_raw)
                 yield item_id, view, ts, {s.name: dec.value(x, s) for s, x in zip(v.features, vals, strict=True)}
 
         return build_item_table(self.layout, rows(), version=version)
@@ -604,16 +357,8 @@ def _layout_from_store(store, project: str) -> Layout:
     return layout_from_feature_views(views, project, store.config.entity_key_serialization_version)
 
 
-def _backend_for(settings: FeatureStoreSettings, store, layout: Layout, socket_timeout: float = 1.0) -> _Backend:
-    if settings.redis_url:
-        import redis
-
-        # a serving read must fail fast (the services degrade to defaults), not hang
-        return RedisBackend(layout, redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
-                                                         socket_connect_timeout=socket_timeout))
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
-    return SqliteBackend(layout, SqliteOnlineStore._get_db_path(store.config))
+def _open_backend(settings: FeatureStoreSettings, store, layout: Layout, socket_timeout: float = 1.0) -> OnlineBackend:
+    return backend_class(settings).open(settings, store, layout, socket_timeout)
 
 
 def build_reader(
@@ -628,7 +373,9 @@ def build_reader(
     socket_timeout: float = 1.0,
     background_refresh: bool = False,
 ) -> OnlineFeatureReader:
-    """The Redis reader when ``settings.redis_url`` is set, else the SQLite one; item table loaded.
+    """A reader over the configured online store (``FEAST_ONLINE_TYPE``; unset: Redis when
+    ``REDIS_URL`` is set, else SQLite), item table loaded. An unknown type raises
+    :class:`~feature_store.backends.OnlineStoreConfigError` before anything is opened.
 
     ``store``: an existing ``feast.FeatureStore`` (else one is built from ``settings``).
     ``metrics`` / ``registry``: where the counters live (default: prometheus_client's registry).
@@ -637,11 +384,9 @@ def build_reader(
     ``background_refresh``: load a new item snapshot on a helper thread (large catalogs).
     """
     if store is None:
-        from feature_store.store import feature_store
-
         store = feature_store(settings)
     layout = _layout_from_store(store, settings.project)
-    backend = _backend_for(settings, store, layout, socket_timeout)
+    backend = _open_backend(settings, store, layout, socket_timeout)
     try:
         reader = OnlineFeatureReader(layout, backend, metrics=metrics or FeatureReaderMetrics(registry),
                                      enforce_ttl=enforce_ttl, defaults=defaults, clock=clock,
@@ -660,13 +405,11 @@ def publish_item_snapshot(settings: FeatureStoreSettings, store=None, views: lis
     (``None`` when ``views`` names no item view, so nothing changed for items).
     """
     if store is None:
-        from feature_store.store import feature_store
-
         store = feature_store(settings)
     layout = _layout_from_store(store, settings.project)
     if views is not None and not {v.name for v in layout.views_of("item")} & set(views):
         return None
-    backend = _backend_for(settings, store, layout, socket_timeout=60.0)
+    backend = _open_backend(settings, store, layout, socket_timeout=60.0)
     try:
         from prometheus_client import CollectorRegistry
 

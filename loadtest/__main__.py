@@ -30,6 +30,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.stats import percentile
+
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 REPORTS = HERE / "reports"
@@ -80,14 +82,6 @@ class Result:
             "error_rate": self.error_rate, "fallback_rate": self.fallback_rate, "fallbacks": self.fallbacks,
             "cache_hit_rate": self.cache_hit_rate,
         }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an ascending list; nan when empty."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def summarise(summary: dict[str, Any]) -> Result:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from common.bundle import MANIFEST, file_entries, metric, publish
 from common.model_inputs import ModelInputs
+from common.onnx import cpu_session
 from common.settings import FeatureStoreSettings
 from feature_store.repo.definitions import feature_views_schema
 from models import data as D
@@ -270,15 +271,6 @@ def build_exact(item_emb: np.ndarray, item_ids: np.ndarray):
     return index
 
 
-def ort_session(path: Path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def latency_ms(fn, n: int = 300) -> dict[str, float]:
     for _ in range(20):
         fn()
@@ -396,7 +388,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         tq = test.groupby("user_id").agg(ts=("ts", "first"), items=("item_id", lambda s: {int(i) for i in s}))
         t_users, t_ts, t_pos = tq.index.to_numpy(), tq["ts"].to_numpy(), list(tq["items"])
         excl = seen_before(nonTest, t_users, t_ts)
-        user_sess = ort_session(staging / "user_tower.onnx")
+        user_sess = cpu_session(staging / "user_tower.onnx")
         feed = user_feed_at(p, t_users, t_ts)
         u_emb = user_sess.run(None, feed)[0]
         metrics: dict[str, dict] = {}
@@ -422,7 +414,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         ann_ids, _ = E.search_excluding(hnsw, u_emb, excl, 100)
         metrics["retrieval_ann"] = E.summarize(list(ann_ids), t_pos)
         metrics["ann"] = {"recall@100_vs_exact": E.overlap_at_k(ann_ids, ex_ids, 100)}
-        rank_sess = ort_session(staging / "ranker.onnx")
+        rank_sess = cpu_session(staging / "ranker.onnx")
         x_te, y_te, g_te, ent_te, _test_feature_dicts = ranker_dataset(
             p, store, ex_ids[:, :K], ex_sc[:, :K], t_users, t_ts, t_pos, None, cfg.seed)
         np.savez_compressed(Path(cfg.processed_dir) / "ranker_test.npz", x=x_te, y=y_te, group=g_te)

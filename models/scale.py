@@ -65,6 +65,7 @@ from common.model_inputs import (
     USER_EMBEDDING,
     ModelInputs,
 )
+from common.onnx import cpu_session
 from common.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -196,16 +197,6 @@ def synthesize(real: Catalog, n: int, rng: np.random.Generator, mix_max: float =
 
 # ---- towers (onnxruntime) --------------------------------------------------------------------
 
-def ort_session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 ItemFeed = Callable[[np.ndarray, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -238,7 +229,7 @@ def item_tower_feed(spec: dict[str, Any]) -> ItemFeed:
 def catalog_embeddings(bundle: Bundle, catalog: Catalog, real_rows: np.ndarray, batch: int = 16_384,
                        threads: int = 2) -> np.ndarray:
     """Item tower embeddings for the catalog; synthetic items mix their two parents' id rows."""
-    session = ort_session(bundle.path("item_tower"), threads)
+    session = cpu_session(bundle.path("item_tower"), intra_op_threads=threads)
     feed = item_tower_feed(bundle.manifest["item_tower"])
     out_name = session.get_outputs()[0].name
     n = len(catalog)
@@ -283,7 +274,7 @@ def real_queries(bundle: Bundle, offline_dir: Path, n: int, seed: int = 0) -> tu
         recent_list.append(np.asarray(row.recent_item_ids, np.int64))
     inputs = ModelInputs.from_bundle(bundle)
     feed = inputs.user_tower_feed_batch(states["user_id"].to_numpy(np.int64), values_list, recent_list)
-    session = ort_session(bundle.path("user_tower"), 1)
+    session = cpu_session(bundle.path("user_tower"))
     q = session.run([USER_EMBEDDING], feed)[0].astype(np.float32)
     info = {"n": int(q.shape[0]), "users": int(states["user_id"].nunique()),
             "latest_states": int(min(last.size, n)), "history_states": int(q.shape[0] - min(last.size, n))}

@@ -1,5 +1,6 @@
-"""The start-up both gRPC services share: settings, logging, tracing, metrics, the bundle and
-feature reader loaded in ``load`` (verified before anything else), warm-up, then ``serve``.
+"""The start-up both gRPC services share: settings, logging, tracing, metrics, the online store
+setting checked, the bundle (verified before it is used) and feature reader loaded in ``load``,
+warm-up, then ``serve``.
 
 Each ``services/<name>/__main__.py`` only says how to build its pipeline from the bundle.
 """
@@ -11,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from common.bundle import Bundle, load_bundle
-from common.grpc_server import ServerSpec, ServiceMetrics, configure_logging, serve
+from common.grpc_server import LoadError, ServerSpec, ServiceMetrics, configure_logging, serve
 from common.settings import ArtifactSettings, FeatureStoreSettings
 from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
+from feature_store.backends import OnlineStoreConfigError, online_store_type
 from services.features import FeatureFetcher
 
 
@@ -33,7 +35,11 @@ def run_service(
     metrics = ServiceMetrics(name)
 
     def load() -> None:
-        bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256 first
+        try:  # a setting, not a bug: one "refusing to serve" line, no traceback, before the bundle is hashed
+            online_store_type(feast)
+        except OnlineStoreConfigError as exc:
+            raise LoadError(str(exc)) from exc
+        bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256
         from feature_store.reader import build_reader  # imports feast: after the bundle check
 
         reader = build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl)

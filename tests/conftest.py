@@ -1,35 +1,20 @@
-"""Shared fixtures: a hermetic Redis server, free ports, the published artifact bundle."""
+"""Shared fixtures: a hermetic Redis server, the published artifact bundle.
+
+Free ports and port waits come from :mod:`common.net`; processes are run by
+:class:`deploy.local.Stack`, the same process manager as ``make up`` and the benchmarks.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from common.settings import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+from deploy.local import Stack, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +24,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not on PATH and REDIS_URL is not set")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+    stack = Stack(tmp_path_factory.mktemp("redis"))
     try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield start_redis(stack)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stack.stop("redis")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import numpy as np
 from common.bundle import Bundle, BundleError
 from common.grpc_server import ServiceMetrics
 from common.model_inputs import ModelInputs
+from common.onnx import cpu_session
 from services.features import FeatureFetcher, parse_user_id
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,7 @@ class RankingPipeline:
 
     @classmethod
     def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics) -> RankingPipeline:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # two threads spin and blow the p99
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(bundle.path("ranker")), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(bundle.path("ranker"))  # one thread: see common.onnx
         inputs = ModelInputs.from_bundle(bundle)
         shape = session.get_inputs()[0].shape
         if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != inputs.n_features):

@@ -8,30 +8,39 @@ import numpy as np
 from common.proto.recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from services.ranking.pipeline import RankingPipeline, RankResult
 from services.ranking.settings import RankingSettings
+from services.validation import (
+    at_most_entries,
+    loaded,
+    not_empty,
+    reject_invalid,
+    same_length,
+    user_id_problem,
+)
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-MAX_USER_ID_LEN = 256
 
 
 def validate(request: ranking_pb2.RankRequest, settings: RankingSettings) -> str | None:
     """The reason the request is invalid, or None (candidate scores are checked once decoded)."""
-    if not request.user_id.strip():
-        return "user_id is required"
-    if len(request.user_id) > MAX_USER_ID_LEN:
-        return f"user_id is longer than {MAX_USER_ID_LEN} characters"
     cands = request.candidates
     n = len(cands.item_ids)
-    if n == 0:
-        return "candidates must not be empty"
-    if n > settings.max_candidates:
-        return f"at most {settings.max_candidates} candidates, got {n}"
-    if len(cands.scores) != n:
-        return f"candidates.scores has {len(cands.scores)} entries, candidates.item_ids has {n}"
-    if cands.source_index:
-        if len(cands.source_index) != n:
-            return f"candidates.source_index has {len(cands.source_index)} entries, candidates.item_ids has {n}"
-        if max(cands.source_index) >= len(cands.source_names):
-            return f"candidates.source_index must be below len(candidates.source_names) = {len(cands.source_names)}"
+    return (
+        user_id_problem(request.user_id)
+        or not_empty("candidates", n)
+        or at_most_entries("candidates", n, settings.max_candidates)
+        or same_length("candidates.scores", len(cands.scores), "candidates.item_ids", n)
+        or _source_problem(cands, n)
+    )
+
+
+def _source_problem(cands, n: int) -> str | None:
+    """``source_index`` is optional; when given it is parallel to the ids and indexes ``source_names``."""
+    if not cands.source_index:
+        return None
+    if (reason := same_length("candidates.source_index", len(cands.source_index), "candidates.item_ids", n)):
+        return reason
+    if max(cands.source_index) >= len(cands.source_names):
+        return f"candidates.source_index must be below len(candidates.source_names) = {len(cands.source_names)}"
     return None
 
 
@@ -49,15 +58,12 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.pipeline: RankingPipeline | None = None  # set once the artifacts are loaded
 
     async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext):
-        pipeline = self.pipeline
-        if pipeline is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "ranking is loading its artifacts")
-        if (reason := validate(request, self.settings)) is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        pipeline = await loaded(context, self.pipeline, "ranking")
+        await reject_invalid(context, validate(request, self.settings))
         cands = request.candidates
         item_ids = np.array(cands.item_ids, np.int64)
         scores = np.array(cands.scores, np.float32)
         if not np.isfinite(scores).all():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "candidate scores must be finite numbers")
+            await reject_invalid(context, "candidate scores must be finite numbers")
         # CPU-bound (~1-2 ms) without awaits on purpose; scale out with processes/replicas.
         return to_response(pipeline.rank(request.user_id, item_ids, scores))

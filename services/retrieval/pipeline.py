@@ -23,6 +23,7 @@ import numpy as np
 from common.bundle import Bundle, BundleError
 from common.grpc_server import ServiceMetrics
 from common.model_inputs import RECENT_ITEM_IDS, SEEN_ITEM_IDS, USER_EMBEDDING, ModelInputs
+from common.onnx import cpu_session
 from services.features import FeatureFetcher, parse_user_id
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,6 @@ class RetrievalPipeline:
         exclude_seen: bool = True,
     ) -> RetrievalPipeline:
         import faiss
-        import onnxruntime as ort
 
         faiss.omp_set_num_threads(1)  # one query per call: threads only add wake-up jitter
         index = faiss.read_index(str(bundle.path("item_index")))
@@ -171,12 +171,7 @@ class RetrievalPipeline:
         if index.d != bundle.embedding_dim:
             raise BundleError(f"item_index has dimension {index.d}, manifest says {bundle.embedding_dim}")
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # two threads spin and blow the p99
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(bundle.path("user_tower")), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(bundle.path("user_tower"))  # one thread: see common.onnx
 
         pipeline = cls(
             version=bundle.version,

@@ -10,29 +10,30 @@ import numpy as np
 from common.proto.recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult
 from services.retrieval.settings import RetrievalSettings
+from services.validation import (
+    at_most_entries,
+    loaded,
+    not_above,
+    positive,
+    reject_invalid,
+    user_id_problem,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
-MAX_USER_ID_LEN = 256
 
 
 def validate(request: retrieval_pb2.RetrieveRequest, settings: RetrievalSettings) -> str | None:
     """The reason the request is invalid, or None."""
-    if not request.user_id.strip():
-        return "user_id is required"
-    if len(request.user_id) > MAX_USER_ID_LEN:
-        return f"user_id is longer than {MAX_USER_ID_LEN} characters"
-    if request.k <= 0:
-        return f"k must be positive, got {request.k}"
-    if request.k > settings.max_k:
-        return f"k must be at most {settings.max_k}, got {request.k}"
-    if len(request.exclude_item_ids) > settings.max_exclude_ids:
-        return f"at most {settings.max_exclude_ids} exclude_item_ids, got {len(request.exclude_item_ids)}"
-    if len(request.context.recent_item_ids) > settings.max_context_items:
-        return (f"at most {settings.max_context_items} context.recent_item_ids, "
-                f"got {len(request.context.recent_item_ids)}")
-    return None
+    return (
+        user_id_problem(request.user_id)
+        or positive("k", request.k)
+        or not_above("k", request.k, settings.max_k)
+        or at_most_entries("exclude_item_ids", len(request.exclude_item_ids), settings.max_exclude_ids)
+        or at_most_entries("context.recent_item_ids", len(request.context.recent_item_ids),
+                           settings.max_context_items)
+    )
 
 
 def to_response(result: RetrievalResult) -> retrieval_pb2.RetrieveResponse:
@@ -55,11 +56,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self.pipeline: RetrievalPipeline | None = None  # set once the artifacts are loaded
 
     async def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext):
-        pipeline = self.pipeline
-        if pipeline is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "retrieval is loading its artifacts")
-        if (reason := validate(request, self.settings)) is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        pipeline = await loaded(context, self.pipeline, "retrieval")
+        await reject_invalid(context, validate(request, self.settings))
         # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
         # saves on 1-2 cores; scale out with processes/replicas.
         result = pipeline.retrieve(

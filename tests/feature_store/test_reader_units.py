@@ -7,9 +7,10 @@ import struct
 import numpy as np
 import pytest
 
+from feature_store.backends.redis import _glob_escape
+from feature_store.backends.sqlite import parse_sqlite_ts
 from feature_store.item_table import build_item_table, pack_table, unpack_table
 from feature_store.online_layout import FeatureSpec, Layout, ViewSpec
-from feature_store.reader import _glob_escape, _parse_sqlite_ts
 
 
 def _spec(view, name, kind, adt=None):
@@ -95,9 +96,9 @@ def test_entity_key_bytes():
 
 def test_helpers():
     assert _glob_escape(b"a*b?[c]\\") == b"a\\*b\\?\\[c\\]\\\\"
-    assert _parse_sqlite_ts(891388800) == 891388800.0
-    assert _parse_sqlite_ts("1998-04-01 00:00:00") == 891388800.0
-    assert _parse_sqlite_ts(None) is None
+    assert parse_sqlite_ts(891388800) == 891388800.0
+    assert parse_sqlite_ts("1998-04-01 00:00:00") == 891388800.0
+    assert parse_sqlite_ts(None) is None
 
 
 def test_sparse_ids_use_binary_search():

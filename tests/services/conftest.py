@@ -9,7 +9,6 @@ last test of a module stops it with SIGTERM.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,8 +20,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.harness import feast_settings, materialise, service_env, spawn_service, stop_process
+from benchmarks.harness import SERVICE_STOP_TIMEOUT_S, feast_settings, materialise, service_env, spawn_service
+from common.net import wait_for_port
 from common.settings import FeatureStoreSettings
+from deploy.local import Stack
 
 SERVICES = {"retrieval": "recsys.v1.RetrievalService", "ranking": "recsys.v1.RankingService"}
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -66,18 +67,6 @@ class Watcher:
         self._channel.close()
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.005)
-    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
-
-
 @dataclass
 class Running:
     name: str
@@ -115,11 +104,13 @@ def services_env(services_feast: FeatureStoreSettings, bundle_path: Path) -> dic
 
 
 def _running(name: str, env: dict[str, str], tmp: Path) -> Iterator[Running]:
-    log = tmp / f"{name}.log"
-    proc, port, metrics_port = spawn_service(name, env, log)
+    stack = Stack(tmp)
+    proc, port, metrics_port = spawn_service(stack, name, env)
+    log = stack.log_path(name)
     watcher = None
     try:
-        wait_for_port(port, proc, timeout=60)
+        # 5 ms polls: the watcher must attach while the server still says NOT_SERVING
+        wait_for_port(port, timeout=60, proc=proc, interval=0.005)
         watcher = Watcher(f"127.0.0.1:{port}", SERVICES[name])
         if not watcher.wait_for(SERVING, timeout=180):
             raise RuntimeError(f"{name} never SERVING ({watcher.statuses}):\n{log.read_text()[-3000:]}")
@@ -127,7 +118,7 @@ def _running(name: str, env: dict[str, str], tmp: Path) -> Iterator[Running]:
     finally:
         if watcher is not None:
             watcher.close()
-        stop_process(proc)
+        stack.stop(name, timeout=SERVICE_STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import spawn_service, stop_process
+from benchmarks.harness import SERVICE_STOP_TIMEOUT_S, spawn_service
 from common.bundle import MANIFEST
+from deploy.local import Stack
 
 
-def _refused(name: str, env: dict[str, str], log: Path) -> tuple[int, str]:
-    proc, _, _ = spawn_service(name, env, log)
+def _refused(name: str, env: dict[str, str], tmp: Path) -> tuple[int, str]:
+    stack = Stack(tmp)
+    proc, _, _ = spawn_service(stack, name, env)
     try:
         rc = proc.wait(timeout=60)
     finally:
-        stop_process(proc)
-    return rc, log.read_text()
+        stack.stop(name, timeout=SERVICE_STOP_TIMEOUT_S)
+    return rc, stack.log_path(name).read_text()
 
 
 @pytest.mark.parametrize("name", ["retrieval", "ranking"])
 def test_missing_bundle_is_refused(name, services_env, tmp_path):
     env = {**services_env, "ARTIFACTS_DIR": str(tmp_path / "no-such-bundle")}
-    rc, text = _refused(name, env, tmp_path / "log")
+    rc, text = _refused(name, env, tmp_path / "run")
     assert rc != 0
     assert f"{name}: refusing to serve: no artifact bundle at {tmp_path / 'no-such-bundle'}" in text
 
@@ -39,7 +41,17 @@ def test_tampered_bundle_is_refused(name, services_env, bundle_path, tmp_path):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte
     target.write_bytes(bytes(data))
-    rc, text = _refused(name, {**services_env, "ARTIFACTS_DIR": str(copy)}, tmp_path / "log")
+    rc, text = _refused(name, {**services_env, "ARTIFACTS_DIR": str(copy)}, tmp_path / "run")
     assert rc != 0
     assert f"{name}: refusing to serve:" in text and "sha256 mismatch" in text
     assert "SERVING\n" not in text.replace("NOT_SERVING", "")
+
+
+@pytest.mark.parametrize("name", ["retrieval", "ranking"])
+def test_unknown_online_store_type_is_refused_in_one_line(name, services_env, tmp_path):
+    rc, text = _refused(name, {**services_env, "FEAST_ONLINE_TYPE": "memcached"}, tmp_path / "run")
+    assert rc != 0
+    line = next(ln for ln in text.splitlines() if "refusing to serve" in ln)
+    assert line.endswith(f"{name}: refusing to serve: FEAST_ONLINE_TYPE='memcached' is not a known online store "
+                         "type (one of: redis, sqlite)")
+    assert "Traceback" not in text

@@ -1,0 +1,186 @@
+"""Feast's Redis online store, read directly (``FEAST_ONLINE_TYPE=redis``, the default when
+``REDIS_URL`` is set). Layout: :mod:`feature_store.online_layout`.
+
+A user is one pipelined ``HMGET`` of the user's hash plus a ``GET`` of the item snapshot
+pointer; the item snapshot is stored in parts of ``SNAPSHOT_PART_BYTES`` under versioned keys,
+and a replaced one stays readable for ``SNAPSHOT_OLD_TTL_S`` so that a slow loader finishes.
+redis-py is imported when a backend is opened, not at import.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlparse
+
+from feature_store.backends.base import OnlineBackend
+from feature_store.online_layout import Layout, ValueDecoder, ViewSpec
+
+if TYPE_CHECKING:
+    from common.settings import FeatureStoreSettings
+
+SNAPSHOT_PART_BYTES = 16 << 20  # Redis value size of one snapshot part
+SNAPSHOT_OLD_TTL_S = 600        # a replaced snapshot stays readable this long for slow loaders
+
+
+def redis_connection_string(url: str) -> str:
+    """``redis://[:password@]host:port/db`` -> Feast's ``host:port,db=N[,password=...,ssl=true]``."""
+    u = urlparse(url)
+    if u.scheme not in ("redis", "rediss"):
+        raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {url!r}")
+    host = u.hostname or "localhost"
+    parts = [f"{host}:{u.port or 6379}"]
+    db = (u.path or "/").lstrip("/") or parse_qs(u.query).get("db", ["0"])[0]
+    parts.append(f"db={int(db)}")
+    if u.username and u.password:
+        parts.append(f"username={u.username}")
+    if u.password:
+        parts.append(f"password={u.password}")
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def _snapshot_keys(project: str) -> tuple[str, str]:
+    base = f"{project}:fsreader:items"
+    return f"{base}:current", base
+
+
+class RedisBackend(OnlineBackend):
+    """Feast's Redis layout: one hash per entity key, field per feature (see online_layout)."""
+
+    type = "redis"
+
+    @classmethod
+    def feast_online_config(cls, settings: FeatureStoreSettings, data_dir: Path):
+        from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
+        return RedisOnlineStoreConfig(connection_string=redis_connection_string(settings.redis_url))
+
+    @classmethod
+    def open(cls, settings: FeatureStoreSettings, store, layout: Layout, socket_timeout: float) -> RedisBackend:
+        import redis
+
+        # a serving read must fail fast (the services degrade to defaults), not hang
+        return cls(layout, redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
+                                                socket_connect_timeout=socket_timeout))
+
+    def __init__(self, layout: Layout, client, version_max_age_s: float = 1.0) -> None:
+        self._timestamp = ValueDecoder().timestamp  # event times are serialised Timestamp protos
+        self.layout = layout
+        self.client = client
+        self.version_max_age_s = version_max_age_s
+        self._seen: tuple[float, bytes | None] | None = None  # snapshot version read with the last user
+        self._user_views = layout.views_of("user")
+        self._user_prefix = layout.entity_prefix("user")
+        self._project = layout.project.encode("utf8")
+        self._user_fields: list[bytes] = []
+        self._user_slices: list[tuple[ViewSpec, int, int]] = []  # view, start, stop (ts at stop)
+        for v in self._user_views:
+            start = len(self._user_fields)
+            self._user_fields += [f.redis_field for f in v.features]
+            self._user_slices.append((v, start, len(self._user_fields)))
+            self._user_fields.append(v.ts_field)
+        self._item_views = layout.views_of("item")
+        self._pointer, self._base = _snapshot_keys(layout.project)
+
+    def read_user(self, user_id: int):
+        """One round trip: the user's hash (profile + aggregates + pushed context) and the item
+        snapshot version, which the next ``item_features`` call of the request then reuses."""
+        key = self._user_prefix + struct.pack("<q", user_id) + self._project
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("HMGET", key, *self._user_fields)
+            pipe.execute_command("GET", self._pointer)
+            raw, version = pipe.execute()
+        self._seen = (time.monotonic(), version)
+        return {v.name: (raw[stop], raw[start:stop]) for v, start, stop in self._user_slices}
+
+    def event_ts(self, raw: bytes | None) -> float | None:
+        return self._timestamp(raw)
+
+    def snapshot_version(self) -> str | None:
+        """The version read with the last user (used once, if at most ``version_max_age_s`` old),
+        else one ``GET``."""
+        seen, self._seen = self._seen, None
+        if seen is not None and time.monotonic() - seen[0] <= self.version_max_age_s:
+            cur = seen[1]
+        else:
+            cur = self.client.execute_command("GET", self._pointer)
+        return cur.decode() if cur is not None else None
+
+    def load_snapshot(self, version: str) -> bytes | None:
+        meta = self.client.get(f"{self._base}:{version}:meta")
+        if meta is None:
+            return None
+        parts = json.loads(meta)["parts"]
+        with self.client.pipeline(transaction=False) as pipe:
+            for i in range(parts):
+                pipe.get(f"{self._base}:{version}:{i}")
+            chunks = pipe.execute()
+        if any(c is None for c in chunks):
+            return None
+        return b"".join(chunks)
+
+    def publish_snapshot(self, blob: bytes, version: str) -> None:
+        parts = [blob[i: i + SNAPSHOT_PART_BYTES] for i in range(0, len(blob), SNAPSHOT_PART_BYTES)] or [b""]
+        old = self.client.get(self._pointer)
+        with self.client.pipeline(transaction=False) as pipe:
+            for i, part in enumerate(parts):
+                pipe.set(f"{self._base}:{version}:{i}", part)
+            pipe.set(f"{self._base}:{version}:meta", json.dumps({"parts": len(parts), "bytes": len(blob)}))
+            pipe.execute()
+        # switch only once every part is written; keep the replaced snapshot readable for a while
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self._pointer, version)
+            if old is not None and old.decode() != version:
+                for k in self.client.scan_iter(match=f"{self._base}:{old.decode()}:*", count=1000):
+                    pipe.expire(k, SNAPSHOT_OLD_TTL_S)
+            pipe.execute()
+
+    def scan_items(self):
+        prefix = self.layout.entity_prefix("item")
+        pattern = _glob_escape(prefix) + b"*" + _glob_escape(self._project)
+        keylen = len(prefix) + 8 + len(self._project)
+        fields: list[bytes] = []
+        slices = []
+        for v in self._item_views:
+            start = len(fields)
+            fields += [f.redis_field for f in v.features]
+            slices.append((v, start, len(fields)))
+            fields.append(v.ts_field)
+        batch: list[bytes] = []
+
+        def flush():
+            with self.client.pipeline(transaction=False) as pipe:
+                for k in batch:
+                    pipe.hmget(k, fields)
+                replies = pipe.execute()
+            for k, raw in zip(batch, replies, strict=True):
+                (item_id,) = struct.unpack_from("<q", k, len(prefix))
+                for v, start, stop in slices:
+                    yield item_id, v.name, raw[stop], raw[start:stop]
+
+        for k in self.client.scan_iter(match=pattern, count=5000):
+            if len(k) != keylen or not k.startswith(prefix) or not k.endswith(self._project):
+                continue
+            batch.append(k)
+            if len(batch) >= 2000:
+                yield from flush()
+                batch = []
+        if batch:
+            yield from flush()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _glob_escape(b: bytes) -> bytes:
+    out = bytearray()
+    for ch in b:
+        if ch in b"*?[]\\":
+            out += b"\\"
+        out.append(ch)
+    return bytes(out)

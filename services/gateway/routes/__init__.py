@@ -1,0 +1,15 @@
+"""The gateway's routes, one module per concern, each with a ``register(app)`` that adds its
+endpoints to the app (called by ``create_app``, never at import). :func:`register_all` keeps the
+order OpenAPI lists them in.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.gateway.routes import health, metrics, recommend
+
+
+def register_all(app: FastAPI) -> None:
+    for module in (recommend, health, metrics):
+        module.register(app)

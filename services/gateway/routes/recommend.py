@@ -1,0 +1,66 @@
+"""``GET /recommend`` (user and k in the query) and ``POST /recommend`` (with request context and
+exclusions): both become one :class:`~services.gateway.pipeline.Query` for the recommender."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import orjson
+from fastapi import FastAPI
+from fastapi import Query as Q
+from fastapi.responses import Response
+from opentelemetry import trace
+
+from services.gateway.deps import Runtime, RuntimeDep
+from services.gateway.pipeline import Query
+from services.gateway.responses import JSONBytes, error
+from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest, RecommendResponse, RequestContext
+
+
+async def serve(q: Query, runtime: Runtime) -> Response:
+    """Run the recommender; the request id is the trace id when tracing is on (so a response can
+    be looked up in the traces), else a random one."""
+    span = trace.get_current_span().get_span_context()
+    headers = {}
+    if span.is_valid:
+        request_id = format(span.trace_id, "032x")
+        headers["x-trace-id"] = request_id
+        headers["traceparent"] = f"00-{request_id}-{format(span.span_id, '016x')}-{int(span.trace_flags):02x}"
+    else:
+        request_id = uuid.uuid4().hex
+    headers["x-request-id"] = request_id
+    result = await runtime.recommender.recommend(q)
+    runtime.metrics.requests.labels(code="200").inc()
+    body = {
+        "user_id": q.user_id, "items": result.items, "model_version": result.model_version,
+        "fallback": result.fallback, "cached": result.cached, "request_id": request_id,
+    }
+    return JSONBytes(orjson.dumps(body), headers=headers)
+
+
+async def recommend_get(
+    runtime: RuntimeDep,
+    user_id: Annotated[str, Q(min_length=1, max_length=USER_ID_MAX, description="MovieLens user id")],
+    k: Annotated[int, Q(ge=1, le=K_MAX, description="Number of items")] = 10,
+):
+    return await serve(Query(user_id=user_id, k=k), runtime)
+
+
+async def recommend_post(body: RecommendRequest, runtime: RuntimeDep):
+    limit = runtime.settings.max_exclude_ids
+    if len(body.exclude_item_ids) > limit:
+        runtime.metrics.requests.labels(code="422").inc()
+        return error(422, "invalid request", [f"body.exclude_item_ids: at most {limit} ids are accepted"])
+    ctx = body.context or RequestContext()
+    return await serve(Query(
+        user_id=body.user_id, k=body.k, recent_item_ids=tuple(ctx.recent_item_ids),
+        attributes=tuple(sorted(ctx.attributes.items())), exclude_item_ids=tuple(body.exclude_item_ids),
+    ), runtime)
+
+
+def register(app: FastAPI) -> None:
+    app.add_api_route("/recommend", recommend_get, methods=["GET"], response_model=RecommendResponse,
+                    summary="Top-k items for a user")
+    app.add_api_route("/recommend", recommend_post, methods=["POST"], response_model=RecommendResponse,
+                    summary="Top-k items with request context and exclusions")
