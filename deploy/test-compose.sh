@@ -130,13 +130,13 @@ say "torch in the offline image from: ${wheel:-index ${TORCH_INDEX_URL:-https://
 cold=cold; [ "$REUSE" = 1 ] && cold="NOT cold (TEST_COMPOSE_REUSE=1)"
 if [ "$REUSE" != 1 ]; then
   # `up --build` builds every image before it creates the first container
-  build_s="$("$PY" -c "print(round($first_created - $up_t0_epoch))")s"
-  up_s=$((up_total_s - ${build_s%s}))
+  build=$(awk -v a="$up_t0_epoch" -v b="$first_created" 'BEGIN {printf "%.0f", b - a}')
+  build_s=${build}s; up_s=$((up_total_s - build))
 else
   build_s="(within up)"; up_s=$up_total_s
 fi
-offline_s=$(docker inspect -f '{{.State.StartedAt}} {{.State.FinishedAt}}' "$(compose ps -aq offline)" |
-  "$PY" -c 'import sys,datetime as d; a,b=sys.stdin.read().split(); p=lambda s: d.datetime.fromisoformat(s[:26].rstrip("Z")); print(round((p(b)-p(a)).total_seconds()))')
+offline_s=$(docker inspect -f '{{.State.StartedAt}} {{.State.FinishedAt}}' "$(compose ps -aq offline)" | epoch |
+  awk 'NR == 1 {a = $1} NR == 2 {printf "%.0f", $1 - a}')
 say "images built in ${build_s}; $cold up (clean volumes -> every service healthy): ${up_s}s; the offline job ran ${offline_s}s"
 compose ps
 
