@@ -7,8 +7,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROTO_OUT := common/proto
+# PyTorch of the offline image (same defaults as docker-compose.yml and deploy/Dockerfile)
+TORCH_VERSION   ?= 2.13.0
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help setup proto data artifacts artifacts-scale feature-apply materialize up down demo test test-compose bench loadtest lint clean
+.PHONY: help setup proto data artifacts artifacts-scale feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +65,11 @@ test: setup ## Unit + integration tests against real Redis, real gRPC processes,
 
 test-compose: ## docker compose end-to-end test (needs a Docker engine with Compose v2)
 	bash deploy/test-compose.sh
+
+# The image's Python is 3.11 whatever the host's is; pip's find-links (if configured) count too.
+torch-wheel: ## CPU torch wheel (Python 3.11) for the offline image into deploy/build/wheels/
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
+	  --index-url $(TORCH_INDEX_URL) -d deploy/build/wheels torch==$(TORCH_VERSION)
 
 bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end -> bench-results/*.json
 	$(PY) -m benchmarks all

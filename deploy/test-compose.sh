@@ -1,47 +1,53 @@
 #!/usr/bin/env bash
-# End-to-end test of docker-compose.yml (`make test-compose`; .ci/run calls it after `make test`
-# when a Docker engine with Compose v2 is usable).
+# End-to-end test of docker-compose.yml and of README's compose quickstart (`make test-compose`;
+# .ci/run calls it after `make test` when a Docker engine with Compose v2 is usable).
 #
-# From a clean state: build the images, `up --wait` (redis -> offline job trains + materialises
-# -> retrieval, ranking -> gateway, prometheus), then check
+# It starts from what a new user has: the files of this working tree that git tracks or would
+# track (`git ls-files -co --exclude-standard`), copied to a fresh temporary directory, so nothing
+# git-ignored in your checkout (deploy/build/wheels/*.whl, .venv, data/, artifacts/, .env) can
+# hide a problem. There it runs README's compose quickstart, the lines between
+# `<!-- compose-quickstart:begin` and `<!-- compose-quickstart:end -->`, exactly as written
+# (make torch-wheel; `docker compose up -d --build --wait`: redis -> offline job trains +
+# materialises -> retrieval, ranking -> gateway, prometheus; curl /recommend). The only changes:
+# the environment below (COMPOSE_PROJECT_NAME, GATEWAY_HOST_PORT, PROMETHEUS_HOST_PORT,
+# PUBLISH_ADDR, COMPOSE_BAKE=false, COMPOSE_PROFILES=), which compose honours; the gateway's
+# published port in place of 127.0.0.1:8000; each line under `timeout UP_TIMEOUT_S`. Then it checks
 #   1. /recommend returns ranked items for a known and an unknown user (GET and POST, 422 on bad input);
 #   2. Prometheus reports every scrape target up (its HTTP API);
 #   3. `stop ranking`     -> still 200, fallback = ranking_unavailable; `start` -> full answers again;
 #   4. `pause retrieval`  -> answered within the deadline with a fallback; `unpause` -> full again
 #      (polled with a deadline: the gateway's circuit breaker probes the dependency back);
 #   5. `down -v` leaves no container, network or volume of the test project behind.
-# It always runs `down -v` on exit, and prints build time, cold `up` time, the offline job's
-# run time, request latencies and image sizes.
-#
-# PyTorch for the offline image (explicit step, see deploy/Dockerfile): the image installs
-# torch from deploy/build/wheels/ when a wheel is there, otherwise from TORCH_INDEX_URL (the
-# official CPU index). Step 0 below fills deploy/build/wheels with
-#   pip download --no-deps torch==$TORCH_VERSION -d deploy/build/wheels
-# which finds the local CPU build on machines whose pip is configured for one (find-links);
-# set TORCH_WHEEL_FETCH=0 to skip it and use the index.
+# It always runs `down -v` and removes the export on exit, and prints build time, cold `up` time
+# (split at the first container's creation), the offline job's run time, request latencies and
+# image sizes.
 #
 # Environment: COMPOSE_TEST_PROJECT (default recsys-e2e: a project of its own, so a stack you
 # run yourself under the default name is untouched), UP_TIMEOUT_S (default 1800),
-# GATEWAY_HOST_PORT / PROMETHEUS_HOST_PORT (default: free ports). For iterating on the checks:
-# TEST_COMPOSE_REUSE=1 skips the clean start and the build and continues with whatever the
-# test project already has (its volumes: a trained bundle); the up time is then not a cold one.
+# GATEWAY_HOST_PORT / PROMETHEUS_HOST_PORT (default: free ports), TORCH_WHEEL_FETCH=0 (skip the
+# quickstart's `make torch-wheel` line: the offline image then takes torch from TORCH_INDEX_URL).
+# For iterating on the checks: TEST_COMPOSE_REUSE=1 skips the clean start and continues with
+# whatever the test project already has (its volumes: a trained bundle); the up time is then
+# not a cold one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SRC=$PWD
 
 export COMPOSE_BAKE=false            # Compose's own builder (works without buildx)
 export COMPOSE_PROJECT_NAME=${COMPOSE_TEST_PROJECT:-recsys-e2e}
 export COMPOSE_PROFILES=              # the core stack only (the observability profile is validated, not run)
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 UP_TIMEOUT_S=${UP_TIMEOUT_S:-1800}
 REUSE=${TEST_COMPOSE_REUSE:-0}
 PY=python3
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+[ -x "$SRC/.venv/bin/python" ] && PY=$SRC/.venv/bin/python
 
 t_start=$SECONDS
 say() { printf '\033[1;36m[test-compose %4ds]\033[0m %s\n' $((SECONDS - t_start)) "$*"; }
 fail() { printf '\033[1;31m[test-compose] FAIL:\033[0m %s\n' "$*" >&2; exit 1; }
 compose() { docker compose -p "$COMPOSE_PROJECT_NAME" "$@"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# docker timestamps (RFC 3339, UTC) on stdin -> epoch seconds, one a line
+epoch() { "$PY" -c 'import sys,datetime as d; [print(d.datetime.fromisoformat(s[:26].rstrip("Z")).replace(tzinfo=d.timezone.utc).timestamp()) for s in sys.stdin.read().split()]'; }
 
 export GATEWAY_HOST_PORT=${GATEWAY_HOST_PORT:-$(free_port)}
 export PROMETHEUS_HOST_PORT=${PROMETHEUS_HOST_PORT:-$(free_port)}
@@ -53,24 +59,12 @@ PROM=http://127.0.0.1:$PROMETHEUS_HOST_PORT
 docker info >/dev/null 2>&1 || fail "no Docker engine answers (run ../shared/tools/offline-docker.sh or start one)"
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is not installed"
 command -v curl >/dev/null || fail "curl is needed"
+git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1 || fail "$SRC is not a git checkout (the test exports the tree with git ls-files)"
 say "compose $(docker compose version --short), project $COMPOSE_PROJECT_NAME, gateway $GW, prometheus $PROM"
 
-compose config -q || fail "docker compose config does not validate"
-compose --profile observability config -q || fail "docker compose --profile observability config does not validate"
-say "ok: docker compose config and --profile observability config validate"
-
-# ---------------------------------------------------------------- step 0: torch wheel
-if [ "${TORCH_WHEEL_FETCH:-1}" != 0 ] && ! compgen -G "deploy/build/wheels/torch-${TORCH_VERSION}[-+]*.whl" >/dev/null; then
-  say "torch wheel: pip download --no-deps torch==$TORCH_VERSION -d deploy/build/wheels"
-  mkdir -p deploy/build/wheels
-  if ! "$PY" -m pip download --quiet --no-deps "torch==$TORCH_VERSION" -d deploy/build/wheels; then
-    say "torch wheel: download failed; the offline image will use TORCH_INDEX_URL"
-  fi
-fi
-wheel=$(compgen -G "deploy/build/wheels/torch-${TORCH_VERSION}[-+]*.whl" | head -n1 || true)
-say "torch for the offline image: ${wheel:-index ${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}}"
-
-# ---------------------------------------------------------------- clean state + cleanup trap
+# ---------------------------------------------------------------- fresh export + cleanup trap
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/recsys-compose-e2e.XXXXXX")
+LOG=$(mktemp "${TMPDIR:-/tmp}/test-compose.XXXXXX.log")
 dump_logs() {
   echo "---- docker compose ps -a"; compose ps -a || true
   for s in offline retrieval ranking gateway prometheus redis; do
@@ -83,32 +77,67 @@ cleanup() {
   [ $rc -ne 0 ] && dump_logs
   say "docker compose down -v"
   compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || true
+  cd / && rm -rf "$WORK" "$LOG"
   exit $rc
 }
 trap cleanup EXIT
+
+# tracked (as in the working tree, deleted files left out) + untracked files git does not ignore
+git -C "$SRC" ls-files -z -co --exclude-standard |
+  while IFS= read -r -d '' f; do { [ -e "$SRC/$f" ] || [ -L "$SRC/$f" ]; } && printf '%s\0' "$f"; done |
+  tar -C "$SRC" --null -T - -cf - | tar -C "$WORK" -xf -
+cd "$WORK"
+[ -d deploy/build/wheels ] || fail "export: deploy/build/wheels/ is missing (its README.md must be tracked)"
+if compgen -G 'deploy/build/wheels/*.whl' >/dev/null; then fail "export: a wheel in deploy/build/wheels/ (git-ignored files must not be exported)"; fi
+say "fresh export of the working tree: $WORK ($(find . -type f | wc -l) files; no .venv, data, artifacts, wheels)"
+
+compose config -q || fail "docker compose config does not validate"
+compose --profile observability config -q || fail "docker compose --profile observability config does not validate"
+say "ok: docker compose config and --profile observability config validate"
+
 if [ "$REUSE" = 1 ]; then
-  say "TEST_COMPOSE_REUSE=1: keeping the project's containers and volumes, not rebuilding"
-  build_s="(skipped)"
+  say "TEST_COMPOSE_REUSE=1: keeping the project's containers and volumes"
 else
   compose down -v --remove-orphans >/dev/null 2>&1 || true
 fi
 
-# ---------------------------------------------------------------- build + cold up
-if [ "$REUSE" != 1 ]; then
-  t0=$SECONDS
-  compose build >/tmp/test-compose-build.$$.log 2>&1 || { tail -n 60 /tmp/test-compose-build.$$.log; rm -f /tmp/test-compose-build.$$.log; fail "docker compose build failed"; }
-  rm -f /tmp/test-compose-build.$$.log
-  build_s="$((SECONDS - t0))s"
-  say "images built in ${build_s}"
-fi
+# ---------------------------------------------------------------- README's compose quickstart
+mapfile -t quickstart < <(awk '/<!-- compose-quickstart:begin/ {on=1; next} /<!-- compose-quickstart:end/ {on=0}
+                               on && !/^```/ && NF' README.md)
+grep -q '^docker compose up ' <<<"$(printf '%s\n' "${quickstart[@]}")" \
+  || fail "README.md: no 'docker compose up' line between the compose-quickstart markers"
+readme_body=
+for line in "${quickstart[@]}"; do
+  cmd=${line//127.0.0.1:8000/127.0.0.1:$GATEWAY_HOST_PORT}
+  if [ "${TORCH_WHEEL_FETCH:-1}" = 0 ] && [[ $cmd == "make torch-wheel"* ]]; then
+    say "README\$ $line   (skipped: TORCH_WHEEL_FETCH=0)"; continue
+  fi
+  say "README\$ $cmd"
+  t0=$SECONDS; t0_epoch=$(date +%s.%N)
+  timeout "$UP_TIMEOUT_S" bash -o pipefail -c "$cmd" >"$LOG" 2>&1 \
+    || { line_rc=$?; tail -n 60 "$LOG"; fail "README's quickstart line failed (exit $line_rc): $line"; }
+  say "  done in $((SECONDS - t0))s"
+  case "$cmd" in
+    "docker compose up "*)
+      up_total_s=$((SECONDS - t0)); up_t0_epoch=$t0_epoch
+      first_created=$(docker inspect -f '{{.Created}}' $(compose ps -aq) | epoch | sort -n | head -n1) ;;
+    curl*) readme_body=$(cat "$LOG"); say "  $(printf '%.160s' "$readme_body")" ;;
+  esac
+done
+wheel=$(compgen -G "deploy/build/wheels/torch-${TORCH_VERSION:-2.13.0}[-+]*.whl" | head -n1 || true)
+say "torch in the offline image from: ${wheel:-index ${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}}"
 
-t0=$SECONDS
-compose up -d --wait --wait-timeout "$UP_TIMEOUT_S" || fail "docker compose up --wait did not get every service healthy"
-up_s=$((SECONDS - t0))
 cold=cold; [ "$REUSE" = 1 ] && cold="NOT cold (TEST_COMPOSE_REUSE=1)"
-offline_s=$(docker inspect -f '{{.State.StartedAt}} {{.State.FinishedAt}}' "$(compose ps -aq offline)" |
-  "$PY" -c 'import sys,datetime as d; a,b=sys.stdin.read().split(); p=lambda s: d.datetime.fromisoformat(s[:26].rstrip("Z")); print(round((p(b)-p(a)).total_seconds()))')
-say "$cold up (clean volumes -> every service healthy): ${up_s}s; the offline job ran ${offline_s}s"
+if [ "$REUSE" != 1 ]; then
+  # `up --build` builds every image before it creates the first container
+  build=$(awk -v a="$up_t0_epoch" -v b="$first_created" 'BEGIN {printf "%.0f", b - a}')
+  build_s=${build}s; up_s=$((up_total_s - build))
+else
+  build_s="(within up)"; up_s=$up_total_s
+fi
+offline_s=$(docker inspect -f '{{.State.StartedAt}} {{.State.FinishedAt}}' "$(compose ps -aq offline)" | epoch |
+  awk 'NR == 1 {a = $1} NR == 2 {printf "%.0f", $1 - a}')
+say "images built in ${build_s}; $cold up (clean volumes -> every service healthy): ${up_s}s; the offline job ran ${offline_s}s"
 compose ps
 
 # ---------------------------------------------------------------- request helpers
@@ -144,6 +173,10 @@ expect_full() {  # a full answer: 200, k items, no fallback
 }
 
 # ---------------------------------------------------------------- 1. recommendations
+BODY=$readme_body
+[ "$(field 'len(b["items"])')" = 10 ] || fail "README's curl line: expected 10 items: $BODY"
+say "ok: README's curl line -> 10 items for user $(field 'b["user_id"]'), fallback $(field 'b["fallback"]')"
+
 next_user; rec GET "$USER_ID" 10
 expect_full "known user $USER_ID (GET)" 10
 say "ok: known user $USER_ID -> 10 ranked items in ${TIME_MS} ms, model $(field 'b["model_version"]'), top: $(field 'b["items"][0].get("title") or b["items"][0]["item_id"]')"
@@ -250,7 +283,7 @@ say "image sizes:"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^recsys-(gateway|retrieval|ranking|offline):${RECSYS_TAG:-latest} " | sort | sed 's/^/  /' || true
 say "timings: build ${build_s}, $cold up ${up_s}s (offline job ${offline_s}s)"
 
-trap - EXIT
+trap 'cd / && rm -rf "$WORK" "$LOG"' EXIT
 compose down -v --remove-orphans --timeout 20 >/dev/null
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
 vols=$(docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
