@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from common.proto.recsys.v1 import ranking_pb2_grpc
+from services.components.config import load_config
 from services.ranking.pipeline import RankingPipeline
 from services.ranking.server import SERVICE_NAME, RankingServicer
 from services.ranking.settings import RankingSettings
@@ -19,7 +20,8 @@ def main() -> int:
         settings=settings,
         servicer=RankingServicer(settings),
         add_servicer=ranking_pb2_grpc.add_RankingServiceServicer_to_server,
-        build_pipeline=RankingPipeline.load_artifacts,
+        build_pipeline=lambda bundle, fetcher, metrics: RankingPipeline.load_artifacts(
+            bundle, fetcher, metrics, load_config(settings.pipeline_config).ranking),
     )
 
 

@@ -1,9 +1,8 @@
-"""The ranking pipeline: features -> ranker matrix -> one ONNX call -> sort.
+"""The ranking pipeline: features -> scorer (``ranking.scorer`` of services/pipeline.toml) -> select.
 
 Runs in-process (tests, benchmarks, warm-up) exactly as behind gRPC
-(:mod:`services.ranking.server`). The matrix is assembled in ``manifest["ranker_features"]``
-order by :meth:`common.model_inputs.ModelInputs.ranker_matrix`, the function the ranker's
-training set was built with; the retrieval score of each candidate is one of its columns.
+(:mod:`services.ranking.server`). The scorer returns one score per candidate in input order; the
+selector here sorts them best first (stable, so ties keep retrieval's order).
 """
 
 from __future__ import annotations
@@ -14,15 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.bundle import Bundle, BundleError
+from common.bundle import Bundle
 from common.grpc_server import ServiceMetrics
-from common.model_inputs import ModelInputs
-from common.onnx import cpu_session
+from services.components.config import RankingConfig, build_scorer, load_config
+from services.components.scorer import Scorer
 from services.features import FeatureFetcher, parse_user_id
 
 log = logging.getLogger(__name__)
-
-SCORER = "ranker"
 
 
 @dataclass(frozen=True)
@@ -33,32 +30,31 @@ class RankResult:
 
 
 class RankingPipeline:
-    def __init__(self, *, version: str, inputs: ModelInputs, session, features: FeatureFetcher,
-                 metrics: ServiceMetrics) -> None:
+    def __init__(self, *, version: str, scorer: Scorer, features: FeatureFetcher, metrics: ServiceMetrics,
+                 user_ids: np.ndarray, item_ids: np.ndarray) -> None:
         self.version = version
-        self.inputs = inputs
-        self.session = session
+        self.scorer = scorer
         self.features = features
         self.metrics = metrics
-        self._input_name = session.get_inputs()[0].name
-        self._output_name = session.get_outputs()[0].name
+        self._user_ids, self._item_ids = user_ids, item_ids  # warm-up traffic
         self._t_features = metrics.stage("features")
-        self._t_assemble = metrics.stage("assemble")
         self._t_score = metrics.stage("score")
+        self._t_select = metrics.stage("select")
 
     @classmethod
-    def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics) -> RankingPipeline:
-        session = cpu_session(bundle.path("ranker"))  # one thread: see common.onnx
+    def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics,
+                       config: RankingConfig | None = None) -> RankingPipeline:
+        from common.model_inputs import ModelInputs
+
+        config = config if config is not None else load_config().ranking
+        scorer = build_scorer(config, bundle)
         inputs = ModelInputs.from_bundle(bundle)
-        shape = session.get_inputs()[0].shape
-        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != inputs.n_features):
-            raise BundleError(f"ranker input shape {shape} does not match {inputs.n_features} ranker_features")
-        log.info("ranking: bundle %s, %d features", bundle.version, inputs.n_features)
-        return cls(version=bundle.version, inputs=inputs, session=session, features=features, metrics=metrics)
+        log.info("ranking: bundle %s, scorer %s, %d features", bundle.version, scorer.name, inputs.n_features)
+        return cls(version=bundle.version, scorer=scorer, features=features, metrics=metrics,
+                   user_ids=inputs.user_ids[1:], item_ids=inputs.item_ids[1:])
 
     def warm_up(self, n: int, n_candidates: int = 500) -> None:
-        items = self.inputs.item_ids[1:]
-        users = self.inputs.user_ids[1:]
+        items, users = self._item_ids, self._user_ids
         if n <= 0 or items.size == 0:
             return
         rng = np.random.default_rng(0)
@@ -73,11 +69,10 @@ class RankingPipeline:
         items = self.features.items(item_ids)
         t1 = time.perf_counter()
         self._t_features.observe(t1 - t0)
-        matrix = self.inputs.ranker_matrix(user.values, items.values, retrieval_scores)
+        scores = self.scorer.score(user, items, retrieval_scores)
         t2 = time.perf_counter()
-        self._t_assemble.observe(t2 - t1)
-        scores = self.session.run([self._output_name], {self._input_name: matrix})[0].reshape(-1)
+        self._t_score.observe(t2 - t1)
         order = np.argsort(-scores, kind="stable")
-        self._t_score.observe(time.perf_counter() - t2)
-        self.metrics.count_candidates(SCORER, int(item_ids.size))
+        self._t_select.observe(time.perf_counter() - t2)
+        self.metrics.count_candidates(self.scorer.name, int(item_ids.size))
         return RankResult(item_ids[order], scores[order].astype(np.float32, copy=False), self.version)

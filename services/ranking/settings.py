@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,5 +17,6 @@ class RankingSettings(BaseSettings):
     metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port of the ranking service.")
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: seconds in-flight ranking calls get to finish.")
     max_candidates: int = Field(2000, ge=1, description="Most candidates a Rank call may carry (INVALID_ARGUMENT above).")
+    pipeline_config: Path | None = Field(None, description="The component pipeline (its [ranking] scorer); unset = services/pipeline.toml.")
     warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
     log_level: str = Field("INFO", description="Log level of the ranking service.")

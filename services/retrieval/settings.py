@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,9 +19,6 @@ class RetrievalSettings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="Largest k a Retrieve call may ask for (INVALID_ARGUMENT above).")
     max_exclude_ids: int = Field(5000, ge=0, description="Most exclude_item_ids accepted in one Retrieve call.")
     max_context_items: int = Field(100, ge=0, description="Most context.recent_item_ids accepted in one Retrieve call.")
-    exclude_recent: bool = Field(True, description="Also exclude the user's recent items (user_context, pushed in real time) from the results.")
-    exclude_seen: bool = Field(True, description="Also exclude every item the user has interacted with (the user_seen view, materialised) from the results.")
-    nprobe: int | None = Field(None, ge=1, description="FAISS IVF nprobe override; unset = the bundle's tuned value.")
-    ef_search: int | None = Field(None, ge=1, description="FAISS HNSW efSearch override; unset = the bundle's tuned value.")
+    pipeline_config: Path | None = Field(None, description="The component pipeline (sources, quotas, filters; two_tower's nprobe / ef_search); unset = services/pipeline.toml.")
     warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
     log_level: str = Field("INFO", description="Log level of the retrieval service.")

@@ -203,7 +203,7 @@ def test_retrieval_service_pipeline_serves_the_scale_bundle(built, offline_dir):
     b = load_bundle(target)
     metrics = ServiceMetrics("retrieval")
     pipeline = RetrievalPipeline.load_artifacts(b, FeatureFetcher(OfflineUserReader(offline_dir), metrics), metrics)
-    assert pipeline.two_tower.ntotal == N
+    assert pipeline.sources[0].name == "two_tower" and pipeline.sources[0].ntotal == N
     ids = pq.read_table(b.path("item_catalog")).column("item_id").to_numpy()
     res = pipeline.retrieve("1", 500)
     assert res.item_ids.size == 500 and set(res.sources()) == {"two_tower"}

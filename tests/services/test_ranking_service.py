@@ -163,7 +163,7 @@ def test_metrics_endpoint(ranking, ranking_stub, bundle, catalog, known_user):
     ranking_stub.Rank(rank_request(known_user, catalog[:20]), timeout=5)
     body = urllib.request.urlopen(f"http://127.0.0.1:{ranking.metrics_port}/metrics", timeout=5).read().decode()
     assert 'recsys_grpc_server_handling_seconds_count{code="OK",method="Rank",service="ranking"}' in body
-    for stage in ("features", "assemble", "score"):
+    for stage in ("features", "score", "select"):
         assert f'recsys_stage_seconds_count{{service="ranking",stage="{stage}"}}' in body
     assert f'recsys_model_info{{service="ranking",version="{bundle.version}"}} 1.0' in body
 

@@ -133,7 +133,7 @@ def test_metrics_endpoint(retrieval, retrieval_stub, bundle, known_user):
     body = urllib.request.urlopen(f"http://127.0.0.1:{retrieval.metrics_port}/metrics", timeout=5).read().decode()
     assert 'recsys_grpc_server_handling_seconds_count{code="OK",method="Retrieve",service="retrieval"}' in body
     assert 'code="INVALID_ARGUMENT",method="Retrieve"' in body
-    for stage in ("features", "embed", "search", "merge"):
+    for stage in ("features", "source:two_tower", "source:popular", "filters", "merge"):
         assert f'recsys_stage_seconds_count{{service="retrieval",stage="{stage}"}}' in body
     assert 'recsys_candidates_total{service="retrieval",source="two_tower"}' in body
     assert f'recsys_model_info{{service="retrieval",version="{bundle.version}"}} 1.0' in body

@@ -55,3 +55,23 @@ def test_unknown_online_store_type_is_refused_in_one_line(name, services_env, tm
     assert line.endswith(f"{name}: refusing to serve: FEAST_ONLINE_TYPE='memcached' is not a known online store "
                          "type (one of: redis, sqlite)")
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(("name", "config", "message"), [
+    ("retrieval", '[retrieval]\nsources = [{ type = "two_tower", quota = "rest" }, { type = "nearest_shop", quota = 5 }]\n'
+                  '[ranking]\nscorer = { type = "onnx_ranker" }\n',
+     "retrieval.sources[1].type: unknown source 'nearest_shop' (known: popular, two_tower)"),
+    ("retrieval", '[retrieval]\nsources = [{ type = "two_tower", quota = 5000 }]\n[ranking]\nscorer = { type = "onnx_ranker" }\n',
+     "retrieval.sources[0].quota: 5000 is above RETRIEVAL_MAX_K=1000, the largest k a request may ask for"),
+    ("ranking", '[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n[ranking]\nscorer = { type = "gbdt" }\n',
+     "ranking.scorer.type: unknown scorer 'gbdt' (known: onnx_ranker)"),
+])
+def test_invalid_pipeline_config_is_refused_in_one_line(name, config, message, services_env, tmp_path):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(config)
+    env = {**services_env, f"{name.upper()}_PIPELINE_CONFIG": str(path)}
+    rc, text = _refused(name, env, tmp_path / "run")
+    assert rc != 0
+    line = next(ln for ln in text.splitlines() if "refusing to serve" in ln)
+    assert line.endswith(f"{name}: refusing to serve: pipeline config {path}: {message}"), line
+    assert "Traceback" not in text

@@ -1,0 +1,184 @@
+"""The pipeline as configuration: ``services/pipeline.toml`` -> validated, loaded components.
+
+Validation happens in two steps, both at start-up and both fatal with one line naming the
+setting (``retrieval.sources[1].quota: ...``):
+
+1. :func:`load_config` parses the file against the typed schema below (unknown keys, wrong
+   types, two ``rest`` quotas, a backfill source with a quota, ...);
+2. :func:`build_sources` / :func:`build_filters` / :func:`build_scorer` resolve each ``type`` to
+   ``services/components/<role>/<type>.py``'s ``COMPONENT``, construct it with its options and
+   check that the bundle has every file it declares in ``artifacts`` before ``load_artifacts``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from common.bundle import Bundle, BundleError
+from common.grpc_server import LoadError
+from services.components.candidate_source import CandidateSource
+from services.components.filter import Filter
+from services.components.merger import REST, Merger, Slot
+from services.components.scorer import Scorer
+
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "pipeline.toml"
+
+
+class PipelineConfigError(LoadError):
+    """The pipeline config is invalid; the message is one line naming the setting (a service
+    refuses to serve with it, like a bad bundle)."""
+
+
+class _Component(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(min_length=1)
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class SourceConfig(_Component):
+    quota: int | Literal["rest"] | None = Field(None, description='At most this many candidates, or "rest".')
+    backfill: bool = False
+
+    @model_validator(mode="after")
+    def _quota(self) -> SourceConfig:
+        if self.backfill and self.quota is not None:
+            raise ValueError("a backfill source takes no quota")
+        if not self.backfill and self.quota is None:
+            raise ValueError('a primary source needs a quota (a number or "rest")')
+        if isinstance(self.quota, int) and self.quota < 1:
+            raise ValueError(f"quota must be at least 1, got {self.quota}")
+        return self
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    _origin: str = PrivateAttr("pipeline config")  # "pipeline config <path>", prefixed to build errors
+
+
+class RetrievalConfig(_Section):
+
+    sources: list[SourceConfig] = Field(min_length=1)
+    filters: list[_Component] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _slots(self) -> RetrievalConfig:
+        labels = [s.label for s in self.sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"source names must be unique, got {labels}")
+        if sum(s.quota == REST for s in self.sources) > 1:
+            raise ValueError('at most one source may have quota = "rest"')
+        if all(s.backfill for s in self.sources):
+            raise ValueError("at least one source must be primary (not backfill)")
+        return self
+
+    def merger(self) -> Merger:
+        return Merger([Slot(s.label, None if s.quota in (None, REST) else int(s.quota), s.backfill)
+                       for s in self.sources])
+
+    def check_quotas(self, max_k: int, setting: str) -> None:
+        """Quotas that no request could use: above the largest k a request may ask for."""
+        for i, s in enumerate(self.sources):
+            if isinstance(s.quota, int) and s.quota > max_k:
+                raise PipelineConfigError(f"{self._origin}: retrieval.sources[{i}].quota: {s.quota} is above {setting}={max_k}, "
+                                          "the largest k a request may ask for")
+
+
+class RankingConfig(_Section):
+
+    scorer: _Component
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retrieval: RetrievalConfig
+    ranking: RankingConfig
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    path = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise PipelineConfigError(f"pipeline config {path}: cannot be read ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineConfigError(f"pipeline config {path}: not valid TOML ({exc})") from exc
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _where(err["loc"])
+        msg = err['msg'].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        raise PipelineConfigError(f"pipeline config {path}: {where}: {msg}") from exc
+    for section in (config.retrieval, config.ranking):
+        section._origin = f"pipeline config {path}"
+    return config
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "literal['rest']", "function-after[_quota(), SourceConfig]",
+                      "function-after[_slots(), RetrievalConfig]"):
+            continue  # pydantic's union / validator branch names say nothing to a reader
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _component_class(role: str, type_: str, base: type, where: str) -> type:
+    """``where`` is "pipeline config <path>: retrieval.sources[1]" (the prefix of every error)."""
+    package = f"services.components.{role}"
+    known = sorted(m.name for m in pkgutil.iter_modules(importlib.import_module(package).__path__))
+    if type_ not in known:
+        raise PipelineConfigError(f"{where}.type: unknown {role[:-1].replace('_', ' ')} {type_!r} "
+                                  f"(known: {', '.join(known)})")
+    cls = getattr(importlib.import_module(f"{package}.{type_}"), "COMPONENT", None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PipelineConfigError(f"{where}.type: {package}.{type_} has no COMPONENT subclass of {base.__name__}")
+    return cls
+
+
+def _build(role: str, spec: _Component, base: type, where: str, bundle: Bundle):
+    cls = _component_class(role, spec.type, base, where)
+    try:
+        component = cls(spec.label, **spec.options)
+    except (TypeError, ValueError) as exc:
+        raise PipelineConfigError(f"{where}.options: {exc}") from exc
+    missing = [name for name in cls.artifacts if not bundle.has(name)]
+    if missing:
+        raise PipelineConfigError(f"{where}: {spec.label} needs bundle file(s) {', '.join(missing)}, "
+                                  f"which bundle {bundle.version} does not have (rebuild it: make artifacts)")
+    try:
+        component.load_artifacts(bundle)
+    except (BundleError, OSError, ValueError) as exc:
+        raise PipelineConfigError(f"{where}: {spec.label} could not load its artifacts: {exc}") from exc
+    return component
+
+
+def build_sources(cfg: RetrievalConfig, bundle: Bundle) -> list[CandidateSource]:
+    return [_build("sources", s, CandidateSource, f"{cfg._origin}: retrieval.sources[{i}]", bundle)
+            for i, s in enumerate(cfg.sources)]
+
+
+def build_filters(cfg: RetrievalConfig, bundle: Bundle) -> list[Filter]:
+    return [_build("filters", f, Filter, f"{cfg._origin}: retrieval.filters[{i}]", bundle)
+            for i, f in enumerate(cfg.filters)]
+
+
+def build_scorer(cfg: RankingConfig, bundle: Bundle) -> Scorer:
+    return _build("scorers", cfg.scorer, Scorer, f"{cfg._origin}: ranking.scorer", bundle)

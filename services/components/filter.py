@@ -1,0 +1,54 @@
+"""``Filter``: splits candidates into the kept ones and the removed ones (reason = its name).
+
+Most filters remove a per-request set of ids (the request's exclusions, the user's recent or seen
+items): they implement :meth:`Filter.excluded`, and the shared :meth:`Filter.apply` does the
+(vectorised) rest. :meth:`Filter.max_removed` lets the pipeline over-fetch from the sources so
+that k candidates remain after filtering. Implementations: ``services/components/filters/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.bundle import Bundle
+from services.components.types import Candidates, Query
+
+
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    kept: Candidates
+    removed: np.ndarray  # int64 item ids removed by this filter, in candidate order
+    reason: str  # the filter's name
+
+
+class Filter(ABC):
+    artifacts: tuple[str, ...] = ()
+
+    def __init__(self, name: str, **options: Any) -> None:
+        if options:
+            raise ValueError(f"unknown option(s) {', '.join(sorted(options))}")
+        self.name = name
+
+    def load_artifacts(self, bundle: Bundle) -> None:  # noqa: B027 - optional: not every component has artifacts
+        """Load what the filter needs from the bundle (once, before serving)."""
+
+    @abstractmethod
+    def excluded(self, query: Query) -> np.ndarray:
+        """The item ids this filter removes for ``query`` (int64; duplicates allowed)."""
+
+    def max_removed(self, query: Query) -> int:
+        """An upper bound of how many candidates of one source this filter can remove."""
+        return int(self.excluded(query).size)
+
+    def apply(self, query: Query, candidates: Candidates, excluded: np.ndarray | None = None) -> Filtered:
+        ids = excluded if excluded is not None else self.excluded(query)
+        if ids.size == 0 or len(candidates) == 0:
+            return Filtered(candidates, np.empty(0, np.int64), self.name)
+        drop = np.isin(candidates.item_ids, ids)
+        if not drop.any():
+            return Filtered(candidates, np.empty(0, np.int64), self.name)
+        return Filtered(candidates.select(~drop), candidates.item_ids[drop], self.name)

@@ -1,0 +1,1 @@
+"""Filters, one module each; the module name is the ``type`` in services/pipeline.toml."""

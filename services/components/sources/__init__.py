@@ -1,0 +1,1 @@
+"""Candidate sources, one module each; the module name is the ``type`` in services/pipeline.toml."""

@@ -1,0 +1,101 @@
+"""The pipeline config: the shipped file loads, and every kind of mistake is one line naming the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from common.bundle import Bundle, load_bundle
+from services.components.config import (
+    DEFAULT_PATH,
+    PipelineConfigError,
+    build_filters,
+    build_scorer,
+    build_sources,
+    load_config,
+)
+
+SCORER = '[ranking]\nscorer = { type = "onnx_ranker" }\n'
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_config_is_todays_pipeline(bundle_path):
+    cfg = load_config()
+    assert DEFAULT_PATH.name == "pipeline.toml"
+    assert [(s.label, s.quota, s.backfill) for s in cfg.retrieval.sources] == [("two_tower", "rest", False),
+                                                                              ("popular", None, True)]
+    assert [f.label for f in cfg.retrieval.filters] == ["request_exclusions", "recent_items", "seen_items"]
+    bundle = load_bundle(bundle_path, verify=False)
+    assert [s.name for s in build_sources(cfg.retrieval, bundle)] == ["two_tower", "popular"]
+    assert [f.name for f in build_filters(cfg.retrieval, bundle)] == ["request_exclusions", "recent_items", "seen_items"]
+    assert build_scorer(cfg.ranking, bundle).name == "onnx_ranker"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[retrieval]\nsources = [{ type = "two_tower", quota = "most" }]\n' + SCORER, "retrieval.sources[0].quota"),
+    ('[retrieval]\nsources = [{ type = "two_tower", quota = 0 }]\n' + SCORER, "quota must be at least 1"),
+    ('[retrieval]\nsources = [{ type = "a", quota = "rest" }, { type = "b", quota = "rest" }]\n' + SCORER,
+     'at most one source may have quota = "rest"'),
+    ('[retrieval]\nsources = [{ type = "popular", backfill = true, quota = 3 }]\n' + SCORER,
+     "a backfill source takes no quota"),
+    ('[retrieval]\nsources = [{ type = "popular", backfill = true }]\n' + SCORER, "at least one source must be primary"),
+    ('[retrieval]\nsources = [{ type = "two_tower" }]\n' + SCORER, "a primary source needs a quota"),
+    ('[retrieval]\nsources = [{ type = "two_tower", quota = "rest", weight = 2 }]\n' + SCORER,
+     "retrieval.sources[0].weight: Extra inputs are not permitted"),
+    ('[retrieval]\nsources = []\n' + SCORER, "retrieval.sources: List should have at least 1 item"),
+    ('[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n', "ranking: Field required"),
+    ("[retrieval\n", "not valid TOML"),
+])
+def test_schema_mistakes_name_the_setting(tmp_path, text, message):
+    with pytest.raises(PipelineConfigError, match="pipeline config .*pipeline.toml: ") as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_missing_file_is_one_line(tmp_path):
+    with pytest.raises(PipelineConfigError, match="cannot be read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_unknown_components_and_options_are_refused_before_loading(tmp_path, bundle_path):
+    bundle = load_bundle(bundle_path, verify=False)
+    cfg = load_config(write(tmp_path, '[retrieval]\nsources = [{ type = "two_tower", quota = "rest" }, '
+                                      '{ type = "trending", quota = 5 }]\n'
+                                      'filters = [{ type = "in_stock" }]\n' + SCORER))
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\].type: unknown source 'trending' "
+                                                  r"\(known: popular, two_tower\)"):
+        build_sources(cfg.retrieval, bundle)
+    with pytest.raises(PipelineConfigError, match=r"retrieval.filters\[0\].type: unknown filter 'in_stock' "
+                                                  r"\(known: recent_items, request_exclusions, seen_items\)"):
+        build_filters(cfg.retrieval, bundle)
+    opts = load_config(write(tmp_path, '[retrieval]\nsources = [{ type = "two_tower", quota = "rest", '
+                                       'options = { nprobe = 8, depth = 3 } }]\n' + SCORER))
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[0\].options: .*depth"):
+        build_sources(opts.retrieval, bundle)
+    plain = load_config(write(tmp_path, '[retrieval]\nsources = [{ type = "popular", quota = "rest", '
+                                        'options = { size = 3 } }]\n' + SCORER))
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[0\].options: unknown option\(s\) size"):
+        build_sources(plain.retrieval, bundle)
+
+
+def test_a_component_whose_artifact_the_bundle_lacks_is_refused(tmp_path, bundle_path):
+    real = load_bundle(bundle_path, verify=False)
+    files = {k: v for k, v in real.manifest["files"].items() if k != "popular_items"}
+    lacking = dataclasses.replace(real, manifest={**real.manifest, "files": files})
+    assert isinstance(lacking, Bundle)
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\]: popular needs bundle file\(s\) "
+                                                  r"popular_items, which bundle .* does not have"):
+        build_sources(load_config().retrieval, lacking)
+
+
+def test_quotas_above_the_largest_k_are_refused(tmp_path):
+    cfg = load_config(write(tmp_path, '[retrieval]\nsources = [{ type = "two_tower", quota = "rest" }, '
+                                      '{ type = "popular", quota = 2000 }]\n' + SCORER))
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\].quota: 2000 is above RETRIEVAL_MAX_K=1000"):
+        cfg.retrieval.check_quotas(1000, "RETRIEVAL_MAX_K")
