@@ -19,6 +19,22 @@ from feature_store.backends import OnlineStoreConfigError, online_store_type
 from services.features import FeatureFetcher
 
 
+def check_online_store(feast: FeatureStoreSettings) -> None:
+    """A setting, not a bug: ``LoadError`` (one "refusing to serve" line, no traceback), checked
+    before the bundle is hashed."""
+    try:
+        online_store_type(feast)
+    except OnlineStoreConfigError as exc:
+        raise LoadError(str(exc)) from exc
+
+
+def feature_reader(feast: FeatureStoreSettings, metrics: ServiceMetrics):
+    """The online feature reader, its counters in ``metrics``' registry."""
+    from feature_store.reader import build_reader  # imports feast: after the bundle check
+
+    return build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl)
+
+
 def run_service(
     *,
     name: str,
@@ -35,14 +51,9 @@ def run_service(
     metrics = ServiceMetrics(name)
 
     def load() -> None:
-        try:  # a setting, not a bug: one "refusing to serve" line, no traceback, before the bundle is hashed
-            online_store_type(feast)
-        except OnlineStoreConfigError as exc:
-            raise LoadError(str(exc)) from exc
+        check_online_store(feast)
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256
-        from feature_store.reader import build_reader  # imports feast: after the bundle check
-
-        reader = build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl)
+        reader = feature_reader(feast, metrics)
         pipeline = build_pipeline(bundle, FeatureFetcher(reader, metrics), metrics)
         pipeline.warm_up(settings.warmup_requests)
         metrics.set_model(bundle.version)

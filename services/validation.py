@@ -5,6 +5,10 @@ field, so a servicer's ``validate`` is a chain ``check_a(...) or check_b(...) or
 at the first problem. :func:`reject_invalid` turns that reason into ``INVALID_ARGUMENT`` (the
 gateway does not count it against the dependency's breaker: the request was bad, not the
 service); :func:`loaded` answers ``UNAVAILABLE`` while the artifacts are still loading.
+
+The servicers' shared core (``services.retrieval.server.retrieve``, ``services.ranking.server.rank``)
+raises :class:`InvalidRequest` instead, so that the same code runs behind gRPC (where it becomes
+``INVALID_ARGUMENT`` via ``context.abort``) and in the gateway's process (``services.inprocess``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,16 @@ import grpc
 MAX_USER_ID_LEN = 256  # ids are short strings; a longer one is a client bug, not a user
 
 T = TypeVar("T")
+
+
+class InvalidRequest(ValueError):
+    """The request is invalid; the message names the field and what is wrong."""
+
+
+def check(reason: str | None) -> None:
+    """Raise :class:`InvalidRequest` with ``reason`` unless it is ``None``."""
+    if reason is not None:
+        raise InvalidRequest(reason)
 
 
 def user_id_problem(user_id: str) -> str | None:

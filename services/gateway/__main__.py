@@ -1,28 +1,88 @@
-"""``python -m services.gateway``: settings from the environment, tracing, uvicorn (uvloop +
-httptools, one worker, no access log). SIGTERM is handled by uvicorn: stop accepting, finish
-in-flight requests, run the lifespan shutdown (drain cache writes, close channels)."""
+"""``python -m services.gateway``: settings from the environment, uvicorn (uvloop + httptools, no
+access log) on the app factory ``services.gateway.app:from_env``, with ``GATEWAY_WORKERS`` worker
+processes. SIGTERM is handled by uvicorn: stop accepting, finish in-flight requests, run the
+lifespan shutdown (drain cache writes, close channels, flush spans).
+
+``GATEWAY_MODE=inprocess``: before any worker starts, the in-process stages' settings, pipeline
+config and bundle are checked here (:func:`services.inprocess.preflight`), so that a bad one is
+one "refusing to serve" line and exit code 2, not a traceback per worker.
+
+Several workers: each has its own Prometheus metrics, so ``PROMETHEUS_MULTIPROC_DIR`` is set to
+a fresh directory before they start and ``/metrics`` aggregates their files (any worker answers
+a scrape with every worker's counts).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
+import tempfile
 
 import uvicorn
+from pydantic import ValidationError
 
-from common.telemetry import TelemetrySettings, setup_tracing
-from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
+log = logging.getLogger("services.gateway")
 
-def main() -> None:
+EXIT_REFUSED = 2  # bad settings, pipeline config or bundle: nothing was served
+
+
+class _Refused(Exception):
+    """A one-line reason not to start."""
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
+def _preflight(settings: GatewaySettings) -> None:
+    from common.bundle import BundleError
+    from common.grpc_server import LoadError
+    from services import inprocess
+
+    try:
+        version = inprocess.preflight(inprocess.StageSettings.from_env(), settings.artifacts_dir)
+    except ValidationError as exc:
+        raise _Refused(_settings_problem(exc)) from None
+    except (BundleError, LoadError) as exc:
+        raise _Refused(str(exc)) from None
+    log.info("gateway: in-process stages can load bundle %s; starting %d worker(s)", version, settings.worker_count)
+
+
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = GatewaySettings()
-    tracing = setup_tracing(TelemetrySettings(), "gateway")
-    app = create_app(settings, tracing)  # its lifespan closes channels and flushes spans
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        workers=1, access_log=False, log_level="info", timeout_graceful_shutdown=5,
-    )
+    try:
+        settings = GatewaySettings()
+        if settings.inprocess:
+            # before FAISS (OpenMP) loads, here and in every worker: one query per call, one thread
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            _preflight(settings)
+    except ValidationError as exc:
+        log.error("gateway: refusing to serve: %s", _settings_problem(exc))
+        return EXIT_REFUSED
+    except _Refused as exc:
+        log.error("gateway: refusing to serve: %s", exc)
+        return EXIT_REFUSED
+    workers = settings.worker_count
+    metrics_dir = None
+    if workers > 1:
+        # fresh: files left by an earlier run would be added to this one's counters
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "services.gateway.app:from_env", factory=True, host=settings.host, port=settings.port,
+            loop="uvloop", http="httptools", workers=workers, access_log=False, log_level="info",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,19 +5,26 @@ Routes (``services/gateway/routes/``): ``GET/POST /recommend``, ``/healthz`` (al
 the app's own registry), ``/docs``. Schemas are in ``schemas.py``, what routes depend on in
 ``deps.py``. Channels, the cache client and the catalog are created in the :func:`lifespan` and
 closed on shutdown.
+
+``GATEWAY_MODE`` picks the runtime of the two stages the :class:`Recommender` calls: ``grpc``
+stubs on channels to the services, or ``inprocess`` faces over the same pipelines loaded in this
+process (:mod:`services.inprocess`). :func:`from_env` is the app factory uvicorn's workers call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 from contextlib import asynccontextmanager
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
-from common.telemetry import Tracing, grpc_client_interceptors
+from common.proto.recsys.v1 import ranking_pb2_grpc, retrieval_pb2_grpc
+from common.telemetry import TelemetrySettings, Tracing, grpc_client_interceptors, setup_tracing
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
 from services.gateway.deps import Runtime
@@ -45,23 +52,36 @@ async def lifespan(app: FastAPI):
     settings: GatewaySettings = app.state.settings
     tracing: Tracing = app.state.tracing
     catalog = load_catalog(settings.artifacts_dir)
-    interceptors = grpc_client_interceptors(tracing) or None
-    channels = {
-        "retrieval": grpc.aio.insecure_channel(settings.retrieval_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
-        "ranking": grpc.aio.insecure_channel(settings.ranking_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
-    }
-    for channel in channels.values():
-        channel.get_state(try_to_connect=True)  # connect now, not on the first request
+    metrics: GatewayMetrics = app.state.metrics
+    channels: dict[str, grpc.aio.Channel] = {}
+    if settings.inprocess:
+        from services import inprocess  # loads FAISS / ONNX Runtime: only in this mode
+
+        # blocking for seconds; in a thread, so the loop still handles signals meanwhile
+        local = await asyncio.to_thread(inprocess.load, inprocess.StageSettings.from_env(), settings.artifacts_dir)
+        stages = {"retrieval": local.retrieval, "ranking": local.ranking}
+        for stage_metrics in local.metrics.values():  # recsys_* of the pipelines, on this /metrics
+            metrics.include(stage_metrics.registry)
+        where = f"in-process (bundle {local.bundle_version}, pid {os.getpid()})"
+    else:
+        interceptors = grpc_client_interceptors(tracing) or None
+        channels = {
+            "retrieval": grpc.aio.insecure_channel(settings.retrieval_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
+            "ranking": grpc.aio.insecure_channel(settings.ranking_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
+        }
+        for channel in channels.values():
+            channel.get_state(try_to_connect=True)  # connect now, not on the first request
+        stages = {"retrieval": retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"]),
+                  "ranking": ranking_pb2_grpc.RankingServiceStub(channels["ranking"])}
+        where = f"retrieval {settings.retrieval_addr}, ranking {settings.ranking_addr}"
     cache = build_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
                         settings.cache_timeout_ms / 1000.0)
-    recommender = Recommender(settings, retrieval_channel=channels["retrieval"],
-                              ranking_channel=channels["ranking"], cache=cache, catalog=catalog,
-                              metrics=app.state.metrics)
-    app.state.runtime = Runtime(settings=settings, metrics=app.state.metrics, recommender=recommender,
-                                channels=channels, cache=cache, catalog=catalog)
-    log.info("gateway: retrieval %s, ranking %s, cache %s (ttl %ss), bundle %s",
-             settings.retrieval_addr, settings.ranking_addr, cache.name, settings.cache_ttl_s,
-             catalog.version or f"UNREADABLE ({catalog.error})")
+    recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
+                              catalog=catalog, metrics=metrics)
+    app.state.runtime = Runtime(settings=settings, metrics=metrics, recommender=recommender,
+                                channels=channels, cache=cache, catalog=catalog, stages=stages)
+    log.info("gateway (%s mode): %s, cache %s (ttl %ss), bundle %s", settings.mode, where, cache.name,
+             settings.cache_ttl_s, catalog.version or f"UNREADABLE ({catalog.error})")
     gc.collect()
     gc.freeze()  # start-up objects leave the GC's young generations: no full-GC pauses on them
     try:
@@ -71,6 +91,7 @@ async def lifespan(app: FastAPI):
         await cache.close()
         for channel in channels.values():
             await channel.close()
+        metrics.worker_exited()
         # flush pending spans here: after a SIGTERM uvicorn re-raises the signal once the
         # lifespan is done, so code after uvicorn.run() in the entry point never runs
         tracing.shutdown()
@@ -92,7 +113,8 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> Fas
     )
     app.state.settings = settings
     app.state.tracing = tracing or Tracing(enabled=False)
-    app.state.metrics = GatewayMetrics()  # per app: its own registry
+    # per app: its own registry; several workers (the entry point set the directory): aggregated
+    app.state.metrics = GatewayMetrics(multiprocess=bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
     app.add_exception_handler(RequestValidationError, invalid_request)
     register_all(app)
     if app.state.tracing.enabled:
@@ -101,3 +123,10 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> Fas
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def from_env() -> FastAPI:
+    """The app factory of ``python -m services.gateway`` (``uvicorn.run(..., factory=True)``): each
+    worker process calls it, so each builds its app from the environment when it starts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(GatewaySettings(), setup_tracing(TelemetrySettings(), "gateway"))

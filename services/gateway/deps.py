@@ -1,7 +1,7 @@
 """FastAPI dependencies: what a route needs, read from ``app.state``.
 
 ``create_app`` puts the settings and the metrics there; the lifespan adds the :class:`Runtime`
-(the recommender, channels, cache, catalog, with the settings and metrics next to them) once
+(the recommender, its stages and channels, cache, catalog, with the settings and metrics next to them) once
 they exist. Nothing here is built at import; routes declare what they use with the ``*Dep``
 annotations.
 
@@ -12,8 +12,8 @@ dependencies are ``async def`` and each route takes exactly one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import grpc
 from fastapi import Depends, Request
@@ -32,9 +32,10 @@ class Runtime:
     settings: GatewaySettings
     metrics: GatewayMetrics
     recommender: Recommender
-    channels: dict[str, grpc.aio.Channel]  # "retrieval", "ranking"
+    channels: dict[str, grpc.aio.Channel]  # "retrieval", "ranking" (grpc mode; empty in inprocess mode)
     cache: ResponseCache
     catalog: Catalog
+    stages: dict[str, Any] = field(default_factory=dict)  # what the recommender calls: stubs or in-process faces
 
 
 async def get_metrics(request: Request) -> GatewayMetrics:

@@ -1,10 +1,22 @@
-"""The gateway's Prometheus metrics, in an explicit registry owned by the app."""
+"""The gateway's Prometheus metrics, in an explicit registry owned by the app.
+
+Several uvicorn workers (``GATEWAY_WORKERS`` > 1) each have their own metrics; the entry point
+then sets ``PROMETHEUS_MULTIPROC_DIR`` and ``GatewayMetrics(multiprocess=True)`` is built in each
+worker, so every value is also written to that directory and ``/metrics`` aggregates all workers
+(prometheus_client's multiprocess mode). That mode cannot collect ``Enum``, ``Info`` or
+``Gauge.set_function``, so none is used here: the breaker state and the model info are plain
+gauges that export exactly the samples an Enum / Info would (same names, labels and text), and
+the in-flight gauge is counted by the bulkhead itself when several processes share it.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+import os
 
-from services.gateway.breaker import STATES
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from services.gateway.breaker import STATES, Bulkhead
 
 # 0.1 ms .. 1 s: the interesting range of a request with a 100 ms deadline.
 LATENCY_BUCKETS = (
@@ -15,7 +27,8 @@ CANDIDATE_BUCKETS = (0, 1, 10, 50, 100, 200, 300, 500, 1000, 2000)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess  # values also go to PROMETHEUS_MULTIPROC_DIR (several workers)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.stage_latency = Histogram(
@@ -48,31 +61,143 @@ class GatewayMetrics:
         )
         self.dependency_in_flight = Gauge(
             "gateway_dependency_in_flight", "Calls in flight to each dependency (bounded by its bulkhead).",
-            ["dependency"], registry=r,
+            ["dependency"], registry=r, multiprocess_mode="livesum",  # several workers: their sum
         )
         self.candidates = Histogram(
             "gateway_candidates", "Candidates per request by candidate source.", ["source"],
             buckets=CANDIDATE_BUCKETS, registry=r,
         )
-        self.breaker_state = Enum(
+        # An Enum's samples (1 for the current state, 0 for the others) as a gauge; several workers:
+        # each has its own breakers, so each worker's states are exported with its ``pid``.
+        self.breaker_state = Gauge(
             "gateway_circuit_breaker_state", "State of each dependency's circuit breaker.",
-            ["breaker"], states=list(STATES), registry=r,
+            ["breaker", "gateway_circuit_breaker_state"], registry=r, multiprocess_mode="liveall",
         )
         self.breaker_transitions = Counter(
             "gateway_circuit_breaker_transitions_total",
             "State changes of each dependency's circuit breaker, by the state entered (a flapping breaker shows here).",
             ["breaker", "state"], registry=r,
         )
-        self.model = Info("gateway_model", "Model version being served and where the gateway got it.", registry=r)
+        self.model = ModelInfo(Gauge(
+            "gateway_model_info", "Model version being served and where the gateway got it.",
+            ["source", "version"], registry=r, multiprocess_mode="livemax",
+        ), multiprocess)
+        # livemax: every worker loads the same catalog; no pid label, so one sample as with one worker
         self.catalog_items = Gauge(
-            "gateway_catalog_items", "Items with a title in the catalog loaded at start-up (0 = bundle unreadable).", registry=r,
+            "gateway_catalog_items", "Items with a title in the catalog loaded at start-up (0 = bundle unreadable).",
+            registry=r, multiprocess_mode="livemax",
         )
         self.popular_items = Gauge(
-            "gateway_popular_items", "Items in the start-up popular list (the last-resort fallback).", registry=r,
+            "gateway_popular_items", "Items in the start-up popular list (the last-resort fallback).",
+            registry=r, multiprocess_mode="livemax",
         )
+        self._breaker_states: dict[str, dict[str, MetricWrapperBase]] = {}
+        self._included: _Merged | None = None
 
     def breaker_changed(self, name: str, old: str | None, new: str) -> None:
         """``CircuitBreaker(on_change=...)``: ``old`` is None for the initial state (no transition)."""
-        self.breaker_state.labels(breaker=name).state(new)
+        states = self._breaker_states.get(name)
+        if states is None:
+            states = self._breaker_states[name] = {
+                s: self.breaker_state.labels(breaker=name, gateway_circuit_breaker_state=s) for s in STATES}
+        for state, child in states.items():
+            child.set(1.0 if state == new else 0.0)
         if old is not None:
             self.breaker_transitions.labels(breaker=name, state=new).inc()
+
+    def include(self, registry: CollectorRegistry) -> None:
+        """Export another registry's metrics here too (the in-process stages' ``recsys_*``).
+        Several workers: not needed, their values are in the multiprocess files already."""
+        if self._included is None:
+            self._included = _Merged()
+            self.registry.register(self._included)
+        self._included.registries.append(registry)
+
+    def exposition(self) -> bytes:
+        """The /metrics body: this registry, or every worker's metrics in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def bulkhead(self, name: str, limit: int) -> Bulkhead:
+        """The dependency's bulkhead with ``gateway_dependency_in_flight{dependency=name}`` tied to it."""
+        gauge = self.dependency_in_flight.labels(dependency=name)
+        if self.multiprocess:
+            return CountedBulkhead(name, limit, gauge)
+        bulkhead = Bulkhead(name, limit)
+        gauge.set_function(lambda: bulkhead.in_flight)  # read at scrape time: nothing on the hot path
+        return bulkhead
+
+    def worker_exited(self) -> None:
+        """Drop this worker's "live" gauges (breaker state, in flight, model) from the aggregate."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+
+class CountedBulkhead(Bulkhead):
+    """A bulkhead that counts its slots in a gauge (``set_function`` is process-local: several
+    workers' scrapes could not see it)."""
+
+    def __init__(self, name: str, limit: int, gauge) -> None:
+        super().__init__(name, limit)
+        self._gauge = gauge
+
+    async def acquire(self, timeout_s: float) -> bool:
+        acquired = await super().acquire(timeout_s)
+        if acquired:
+            self._gauge.inc()
+        return acquired
+
+    def release(self) -> None:
+        super().release()
+        self._gauge.dec()
+
+
+class ModelInfo:
+    """``gateway_model_info{source, version} 1``: what an ``Info`` exports, as a gauge (an Info is
+    process-local). One worker: a new version replaces the old label set, as ``Info.info`` does;
+    several: the old one is set to 0 (a label set cannot be removed from the workers' files)."""
+
+    def __init__(self, gauge: Gauge, multiprocess: bool) -> None:
+        self.gauge = gauge
+        self.multiprocess = multiprocess
+        self._current: tuple[str, str] | None = None
+
+    def info(self, value: dict[str, str]) -> None:
+        labels = (value.get("source", ""), value.get("version", ""))
+        if self._current is not None and self._current != labels:
+            if self.multiprocess:
+                self.gauge.labels(*self._current).set(0.0)
+            else:
+                self.gauge.remove(*self._current)
+        self.gauge.labels(*labels).set(1.0)
+        self._current = labels
+
+
+class _Merged:
+    """A collector over several registries, one family per name: retrieval and ranking each have
+    a ``recsys_stage_seconds`` (told apart by their ``service`` label), and one exposition must
+    not name a family twice."""
+
+    def __init__(self) -> None:
+        self.registries: list[CollectorRegistry] = []
+
+    def describe(self):
+        return []  # no names to check against the gateway's (all recsys_*); collected lazily
+
+    def collect(self):
+        families = {}
+        for registry in self.registries:
+            for family in registry.collect():
+                seen = families.get(family.name)
+                if seen is None:
+                    families[family.name] = family
+                else:
+                    seen.samples.extend(family.samples)
+        return list(families.values())

@@ -85,15 +85,24 @@ class Recommender:
         self,
         settings: GatewaySettings,
         *,
-        retrieval_channel: grpc.aio.Channel,
-        ranking_channel: grpc.aio.Channel,
         cache: ResponseCache,
         catalog: Catalog,
         metrics: GatewayMetrics,
+        retrieval=None,
+        ranking=None,
+        retrieval_channel: grpc.aio.Channel | None = None,
+        ranking_channel: grpc.aio.Channel | None = None,
     ) -> None:
+        """``retrieval`` / ``ranking``: the two stages, anything with the generated stub's method
+        (``await retrieval.Retrieve(request, timeout=...)``, ``await ranking.Rank(...)``) and its
+        errors (``grpc.aio.AioRpcError``): a stub on a channel (``GATEWAY_MODE=grpc``) or an
+        in-process face (``services.inprocess``). ``*_channel``: a channel to put a stub on."""
+        if (retrieval is None) == (retrieval_channel is None) or (ranking is None) == (ranking_channel is None):
+            raise TypeError("Recommender: give each stage exactly once (retrieval= or retrieval_channel=, "
+                            "ranking= or ranking_channel=)")
         self.settings = settings
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
-        self.ranking = ranking_pb2_grpc.RankingServiceStub(ranking_channel)
+        self.retrieval = retrieval if retrieval is not None else retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
+        self.ranking = ranking if ranking is not None else ranking_pb2_grpc.RankingServiceStub(ranking_channel)
         self.cache = cache
         self.catalog = catalog
         self.metrics = metrics
@@ -102,12 +111,11 @@ class Recommender:
                        min_calls=settings.breaker_min_calls, reset_s=settings.breaker_reset_s,
                        on_change=metrics.breaker_changed)
         self.breakers = {name: CircuitBreaker(name, **breaker) for name in ("retrieval", "ranking", "redis")}
-        self.bulkheads = {"retrieval": Bulkhead("retrieval", settings.retrieval_max_in_flight),
-                          "ranking": Bulkhead("ranking", settings.ranking_max_in_flight)}
-        self._wait = {}
-        for name, bulkhead in self.bulkheads.items():
-            metrics.dependency_in_flight.labels(dependency=name).set_function(lambda b=bulkhead: b.in_flight)
-            self._wait[name] = metrics.dependency_wait.labels(dependency=name)
+        # the bulkheads come with their in-flight gauge (tied the way the metrics mode allows)
+        self.bulkheads: dict[str, Bulkhead] = {
+            "retrieval": metrics.bulkhead("retrieval", settings.retrieval_max_in_flight),
+            "ranking": metrics.bulkhead("ranking", settings.ranking_max_in_flight)}
+        self._wait = {name: metrics.dependency_wait.labels(dependency=name) for name in self.bulkheads}
         # the popular list as arrays; scores rounded to float32 like any candidate score on the wire
         self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
         self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)

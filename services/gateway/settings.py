@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import REPO_ROOT
+
+MODES = ("grpc", "inprocess")
 
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
+    mode: str = Field(
+        "grpc",
+        description="`grpc`: retrieval and ranking are the gRPC services at GATEWAY_RETRIEVAL_ADDR / GATEWAY_RANKING_ADDR; "
+                    "`inprocess`: the same pipelines run inside each gateway worker (reading the RETRIEVAL_* / RANKING_* / FEAST_* settings).",
+    )
+    workers: int | None = Field(
+        None, ge=1,
+        description="uvicorn worker processes; unset = 1 in `grpc` mode (the gateway only waits on I/O), the CPU count in "
+                    "`inprocess` mode (each worker runs the CPU-bound pipelines on its event loop: one core each).",
+    )
     host: str = Field("127.0.0.1", description="Interface the gateway binds (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the gateway.")
     retrieval_addr: str = Field("127.0.0.1:50051", description="host:port of the retrieval gRPC service.")
@@ -43,6 +56,24 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("ARTIFACTS_DIR"),
         description="Artifact bundle to serve (a version folder or the `current` link).",
     )
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        # a plain str, not a Literal: the error then names the variable and the choices in one line
+        if value not in MODES:
+            raise ValueError(f"GATEWAY_MODE must be one of {', '.join(MODES)}; got {value!r}")
+        return value
+
+    @property
+    def inprocess(self) -> bool:
+        return self.mode == "inprocess"
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return (os.cpu_count() or 1) if self.inprocess else 1
 
     @model_validator(mode="after")
     def _min_calls_fit_the_window(self) -> GatewaySettings:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from common.proto.recsys.v1 import ranking_pb2_grpc
-from services.components.config import load_config
-from services.ranking.pipeline import RankingPipeline
-from services.ranking.server import SERVICE_NAME, RankingServicer
+from services.ranking.server import SERVICE_NAME, RankingServicer, build_pipeline
 from services.ranking.settings import RankingSettings
 from services.runner import run_service
 
@@ -20,8 +19,7 @@ def main() -> int:
         settings=settings,
         servicer=RankingServicer(settings),
         add_servicer=ranking_pb2_grpc.add_RankingServiceServicer_to_server,
-        build_pipeline=lambda bundle, fetcher, metrics: RankingPipeline.load_artifacts(
-            bundle, fetcher, metrics, load_config(settings.pipeline_config).ranking),
+        build_pipeline=partial(build_pipeline, settings),
     )
 
 

@@ -1,4 +1,5 @@
-"""``recsys.v1.RankingService`` over gRPC: validation, the pipeline, the response."""
+"""``recsys.v1.RankingService``: validation, the pipeline, the response (:func:`rank`), and the
+gRPC servicer around it. ``services.inprocess`` runs the same :func:`rank` in the gateway."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from common.proto.recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from services.ranking.pipeline import RankingPipeline, RankResult
 from services.ranking.settings import RankingSettings
 from services.validation import (
+    InvalidRequest,
     at_most_entries,
+    check,
     loaded,
     not_empty,
     reject_invalid,
@@ -52,6 +55,26 @@ def to_response(result: RankResult) -> ranking_pb2.RankResponse:
     )
 
 
+def build_pipeline(settings: RankingSettings, bundle, features, metrics) -> RankingPipeline:
+    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``)."""
+    from services.components.config import load_config
+
+    return RankingPipeline.load_artifacts(bundle, features, metrics, load_config(settings.pipeline_config).ranking)
+
+
+def rank(pipeline: RankingPipeline, settings: RankingSettings,
+         request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
+    """One Rank call whatever carries it; :class:`InvalidRequest` for a bad request."""
+    check(validate(request, settings))
+    cands = request.candidates
+    item_ids = np.array(cands.item_ids, np.int64)
+    scores = np.array(cands.scores, np.float32)
+    if not np.isfinite(scores).all():
+        raise InvalidRequest("candidate scores must be finite numbers")
+    # CPU-bound (~1-2 ms) without awaits on purpose; scale out with processes/replicas.
+    return to_response(pipeline.rank(request.user_id, item_ids, scores))
+
+
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self, settings: RankingSettings) -> None:
         self.settings = settings
@@ -59,11 +82,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
     async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext):
         pipeline = await loaded(context, self.pipeline, "ranking")
-        await reject_invalid(context, validate(request, self.settings))
-        cands = request.candidates
-        item_ids = np.array(cands.item_ids, np.int64)
-        scores = np.array(cands.scores, np.float32)
-        if not np.isfinite(scores).all():
-            await reject_invalid(context, "candidate scores must be finite numbers")
-        # CPU-bound (~1-2 ms) without awaits on purpose; scale out with processes/replicas.
-        return to_response(pipeline.rank(request.user_id, item_ids, scores))
+        try:
+            return rank(pipeline, self.settings, request)
+        except InvalidRequest as exc:
+            await reject_invalid(context, str(exc))

@@ -1,4 +1,5 @@
-"""``recsys.v1.RetrievalService`` over gRPC: validation, the pipeline, the response."""
+"""``recsys.v1.RetrievalService``: validation, the pipeline, the response (:func:`retrieve`), and
+the gRPC servicer around it. ``services.inprocess`` runs the same :func:`retrieve` in the gateway."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from common.proto.recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult
 from services.retrieval.settings import RetrievalSettings
 from services.validation import (
+    InvalidRequest,
     at_most_entries,
+    check,
     loaded,
     not_above,
     positive,
@@ -50,6 +53,31 @@ def to_response(result: RetrievalResult) -> retrieval_pb2.RetrieveResponse:
     )
 
 
+def build_pipeline(settings: RetrievalSettings, bundle, features, metrics) -> RetrievalPipeline:
+    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``)."""
+    from services.components.config import load_config
+
+    # an invalid config is a PipelineConfigError: the service refuses to serve, in one line
+    config = load_config(settings.pipeline_config).retrieval
+    config.check_quotas(settings.max_k, "RETRIEVAL_MAX_K")
+    return RetrievalPipeline.load_artifacts(bundle, features, metrics, config)
+
+
+def retrieve(pipeline: RetrievalPipeline, settings: RetrievalSettings,
+             request: retrieval_pb2.RetrieveRequest) -> retrieval_pb2.RetrieveResponse:
+    """One Retrieve call whatever carries it; :class:`InvalidRequest` for a bad request."""
+    check(validate(request, settings))
+    # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
+    # saves on 1-2 cores; scale out with processes/replicas.
+    result = pipeline.retrieve(
+        request.user_id,
+        request.k,
+        recent_item_ids=np.fromiter(request.context.recent_item_ids, np.int64),
+        exclude_item_ids=np.fromiter(request.exclude_item_ids, np.int64),
+    )
+    return to_response(result)
+
+
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, settings: RetrievalSettings) -> None:
         self.settings = settings
@@ -57,13 +85,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext):
         pipeline = await loaded(context, self.pipeline, "retrieval")
-        await reject_invalid(context, validate(request, self.settings))
-        # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
-        # saves on 1-2 cores; scale out with processes/replicas.
-        result = pipeline.retrieve(
-            request.user_id,
-            request.k,
-            recent_item_ids=np.fromiter(request.context.recent_item_ids, np.int64),
-            exclude_item_ids=np.fromiter(request.exclude_item_ids, np.int64),
-        )
-        return to_response(result)
+        try:
+            return retrieve(pipeline, self.settings, request)
+        except InvalidRequest as exc:
+            await reject_invalid(context, str(exc))

@@ -1,5 +1,7 @@
 """``/healthz`` (the process is alive) and ``/readyz`` (retrieval and ranking report SERVING over
-the standard gRPC health service; 503 with each dependency's status otherwise)."""
+the standard gRPC health service; 503 with each dependency's status otherwise). In
+``GATEWAY_MODE=inprocess`` the stages are loaded before the app serves at all (lifespan), so once
+the runtime exists they are SERVING; same response shape."""
 
 from __future__ import annotations
 
@@ -29,11 +31,14 @@ async def healthz():
 
 
 async def readyz(runtime: StartingRuntimeDep):
-    if runtime is None or not runtime.channels:
+    if runtime is None or not (runtime.channels or runtime.stages):
         return error(503, "starting")
-    timeout = runtime.settings.readiness_timeout_ms / 1000.0
     names = list(SERVICES)
-    statuses = await asyncio.gather(*(_serving(runtime.channels[n], SERVICES[n], timeout) for n in names))
+    if runtime.channels:
+        timeout = runtime.settings.readiness_timeout_ms / 1000.0
+        statuses = await asyncio.gather(*(_serving(runtime.channels[n], SERVICES[n], timeout) for n in names))
+    else:  # in-process stages: loaded and warmed up in the lifespan
+        statuses = ["SERVING" if runtime.stages.get(n) is not None else "NOT_SERVING" for n in names]
     deps = dict(zip(names, statuses, strict=True))
     ready = all(s == "SERVING" for s in statuses)
     catalog = runtime.catalog
