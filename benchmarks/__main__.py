@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ranking": ("benchmarks.ranking", "Rank over gRPC, 500 candidates with features"),
     "ann": ("benchmarks.ann", "FAISS index types on the 1M-item catalog"),
     "e2e": ("benchmarks.e2e", "/recommend through the whole stack"),
+    "e2e-modes": ("benchmarks.e2e_modes", "/recommend in GATEWAY_MODE=grpc vs inprocess"),
 }
 
 
@@ -86,6 +87,12 @@ def ann() -> None:
 def e2e() -> None:
     """/recommend through gateway, retrieval and ranking (benchmarks/e2e.py)."""
     raise typer.Exit(_run("e2e"))
+
+
+@app.command(name="e2e-modes")
+def e2e_modes() -> None:
+    """/recommend in both runtimes, grpc vs inprocess, cache off (benchmarks/e2e_modes.py)."""
+    raise typer.Exit(_run("e2e-modes"))
 
 
 @app.command(name="all")

@@ -28,6 +28,13 @@ Retrieval, ranking and Redis are reused when ``make up`` is running (``run/stack
 otherwise a private stack is started on free ports (private ``redis-server`` + materialised
 features when the binary exists) and stopped at the end. The two gateways are always private.
 Writes ``bench-results/e2e.json``.
+
+``--modes grpc,inprocess`` (``python -m benchmarks e2e-modes``) instead compares the two
+runtimes of the same graph in one run, on one private Redis and the same bundle, cache off: for
+each mode a private stack (``grpc``: retrieval + ranking + gateway; ``inprocess``: the gateway
+alone, ``GATEWAY_WORKERS`` default) is started, measured (1 client p50/p99, 32-connection
+closed-loop saturation throughput of full answers) and stopped before the next mode starts, so
+the modes never share the CPU. Writes ``bench-results/e2e_modes.json`` and prints the ratios.
 """
 
 from __future__ import annotations
@@ -301,6 +308,100 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+# -- both runtimes -------------------------------------------------------------------------------
+MODE_TARGETS = {"rps_c32_ratio": (">=", 1.5), "inprocess_p50_ms": ("<=", 2.0)}  # inprocess vs grpc
+
+
+def _saturation(host: str, port: int, users: list[str], args: argparse.Namespace, workdir: Path) -> dict:
+    """Closed-loop 32-connection run; throughput of full answers (fallbacks counted apart)."""
+    before, fb_before = scrape_stages(host, port), _fallbacks(host, port)
+    url = f"http://{host}:{port}"
+    if shutil.which("wrk") and not args.no_wrk:
+        load = run_wrk(url, users, args.connections, args.duration, workdir)
+    else:
+        load = run_loadgen(url, users, args.connections, args.duration, workdir)
+    answered = stage_breakdown(before, scrape_stages(host, port)).get("total", {}).get("count", 0)
+    fallbacks = sum(v - fb_before.get(r, 0.0) for r, v in _fallbacks(host, port).items())
+    fallback_rate = fallbacks / answered if answered else 1.0
+    return {"rps_c32": load["rps"] * (1.0 - fallback_rate), "rps_c32_all_answers": load["rps"],
+            "fallback_rate_c32": fallback_rate, "error_rate_c32": load["error_rate"],
+            "p50_ms_c32_saturated": load["p50_ms"], "p99_ms_c32_saturated": load["p99_ms"],
+            "loadgen": load["loadgen"], "requests_c32": load["requests"]}
+
+
+def run_modes(args: argparse.Namespace) -> dict:
+    from common.settings import ArtifactSettings
+    from deploy.local import Ports, Stack, materialize, start_redis, start_services
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - {"grpc", "inprocess"})
+    if unknown:
+        raise SystemExit(f"--modes: unknown mode(s) {unknown}; choose from grpc, inprocess")
+    users = _users(ArtifactSettings().artifacts_dir)
+    paths = [f"/recommend?user_id={u}&k=10" for u in random.Random(7).sample(users, len(users))]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-modes-", dir=REPO_ROOT / "run" if (REPO_ROOT / "run").is_dir() else None))
+    stack = Stack(workdir)
+    host = "127.0.0.1"
+    result: dict = {"modes": {}, "users": len(users), "k": 10, "cpu_count": os.cpu_count(),
+                    "loadavg_1m_at_start": os.getloadavg()[0]}
+    try:
+        redis_url = None
+        if shutil.which("redis-server"):
+            redis_url = start_redis(stack)
+            print(f"private redis {redis_url}: materialising features…", flush=True)
+            materialize(redis_url, stack.log_path("materialize"))
+        for mode in modes:
+            ports = Ports.free()
+            print(f"{mode}: starting a private stack (logs in {workdir})…", flush=True)
+            start_services(stack, ports, redis_url, mode=mode, gateway_env={"GATEWAY_CACHE_TTL_S": "0"})
+            one = one_client(host, ports.gateway, paths, args.requests, args.warmup)
+            sat = _saturation(host, ports.gateway, users, args, workdir)
+            result["modes"][mode] = {"p50_ms": one["p50_ms"], "p99_ms": one["p99_ms"], **sat,
+                                     "one_client": one, "loadavg_1m": os.getloadavg()[0]}
+            for name in ("gateway", "ranking", "retrieval"):  # the next mode gets the whole machine
+                if stack.pid(name) is not None:
+                    stack.stop(name)
+    finally:
+        stack.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    m = result["modes"]
+    if "grpc" in m and "inprocess" in m:
+        result["rps_c32_ratio"] = m["inprocess"]["rps_c32"] / max(m["grpc"]["rps_c32"], 1e-9)
+        result["p50_ratio"] = m["inprocess"]["p50_ms"] / max(m["grpc"]["p50_ms"], 1e-9)
+        result["inprocess_p50_ms"] = m["inprocess"]["p50_ms"]
+        result["targets"] = {k: {"target": f"{op} {v}", "ok": (result[k] <= v if op == "<=" else result[k] >= v)}
+                             for k, (op, v) in MODE_TARGETS.items()}
+    result["loadavg_1m_at_end"] = os.getloadavg()[0]
+    return result
+
+
+def report_modes(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = result["modes"]
+    names = list(m)
+    t = Table(title="/recommend (k=10, cache off): grpc vs inprocess")
+    for col in ("measure", *names, *(["inprocess / grpc"] if len(names) == 2 else [])):
+        t.add_column(col)
+    for key, fmt in (("p50_ms", "{:.2f}"), ("p99_ms", "{:.2f}"), ("rps_c32", "{:.0f}"),
+                     ("rps_c32_all_answers", "{:.0f}"), ("fallback_rate_c32", "{:.3f}"),
+                     ("p50_ms_c32_saturated", "{:.1f}"), ("p99_ms_c32_saturated", "{:.1f}"), ("error_rate_c32", "{:.3f}")):
+        row = [fmt.format(m[n][key]) for n in names]
+        if len(names) == 2:
+            a, b = m["grpc"][key], m["inprocess"][key]
+            row.append(f"{b / a:.2f}x" if a else "-")
+        t.add_row(key, *row)
+    console.print(t)
+    for key, v in result.get("targets", {}).items():
+        ok = "[green]yes[/green]" if v["ok"] else "[red]no[/red]"
+        console.print(f"{key} = {result[key]:.2f} (target {v['target']}): {ok}")
+    console.print(f"loadgen {next(iter(m.values()))['loadgen'] if m else '-'}; 1-min load average "
+                  f"{result['loadavg_1m_at_start']:.1f} at start, {result['loadavg_1m_at_end']:.1f} at the end, "
+                  f"{result['cpu_count']} CPUs")
+
+
 def _fallbacks(host: str, port: int) -> dict[str, float]:
     conn = http.client.HTTPConnection(host, port, timeout=5)
     conn.request("GET", "/metrics")
@@ -354,8 +455,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--private", action="store_true", help="never reuse a running `make up` stack")
     p.add_argument("--rate", type=float, default=TARGET_RATE, help="req/s offered in the open-loop 32-connection run")
     p.add_argument("--no-wrk", action="store_true", help="use benchmarks.loadgen for the saturation run even if wrk exists")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "e2e.json")
+    p.add_argument("--modes", default="", help="compare runtimes instead, e.g. grpc,inprocess (-> e2e_modes.json)")
+    p.add_argument("--out", type=Path, default=None, help="default bench-results/e2e.json (e2e_modes.json with --modes)")
     args = p.parse_args([] if argv is None else argv)  # None: defaults (called from benchmarks/__main__)
+    if args.modes:
+        result = run_modes(args)
+        out = args.out or REPO_ROOT / "bench-results" / "e2e_modes.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        report_modes(result)
+        print(f"wrote {out}")
+        return result
+    args.out = args.out or REPO_ROOT / "bench-results" / "e2e.json"
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -3,6 +3,8 @@
 ``up`` starts retrieval, ranking and the gateway as background processes with logs and pid
 files in ``run/``, and waits (with a deadline) until the gateway's ``/readyz`` says both gRPC
 services are SERVING; on failure it prints the tail of each log and stops what it started.
+With ``GATEWAY_MODE=inprocess`` it starts the gateway alone (retrieval and ranking run inside its
+workers) and waits until its ``/readyz`` reports the in-process stages SERVING.
 ``down`` stops exactly the processes named by the pid files (SIGTERM, wait, SIGKILL as a last
 resort), after checking that each pid still runs the command it was started with.
 
@@ -70,9 +72,11 @@ class Ports:
         g, r, k = GatewaySettings(), RetrievalSettings(), RankingSettings()
         return cls(g.port, r.port, k.port, r.metrics_port, k.metrics_port)
 
-    def check_free(self) -> None:
+    def check_free(self, gateway_only: bool = False) -> None:
         names = {"gateway": "GATEWAY_PORT", "retrieval": "RETRIEVAL_PORT", "ranking": "RANKING_PORT",
                  "retrieval_metrics": "RETRIEVAL_METRICS_PORT", "ranking_metrics": "RANKING_METRICS_PORT"}
+        if gateway_only:  # GATEWAY_MODE=inprocess: the services' ports are not used
+            names = {"gateway": names["gateway"]}
         taken = [f"port {getattr(self, n)} ({var}) is already in use" for n, var in names.items()
                  if port_in_use(getattr(self, n))]
         if taken:
@@ -196,6 +200,10 @@ class Stack:
                         break
                     time.sleep(0.05)
                 if _alive(pid) and (proc is None or proc.poll() is None):
+                    # the group it leads (start_new_session): a gateway's uvicorn workers too,
+                    # which would outlive a killed parent and keep its port
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
                     os.kill(pid, signal.SIGKILL)
                     outcome = f"killed (no exit {timeout:.0f}s after SIGTERM)"
             except ProcessLookupError:
@@ -226,6 +234,7 @@ class StackInfo:
     redis_url: str | None
     redis_mode: str  # "given", "private", "embedded"
     run_dir: str
+    gateway_mode: str = "grpc"  # GATEWAY_MODE: "inprocess" = no retrieval / ranking processes
 
     def save(self, run_dir: Path) -> None:
         (Path(run_dir) / STACK_FILE).write_text(json.dumps(self.__dict__, indent=2))
@@ -299,26 +308,44 @@ def wait_ready(stack: Stack, url: str, names: list[str], timeout: float) -> dict
 
 
 def start_services(stack: Stack, ports: Ports, redis_url: str | None, *, extra_env: dict[str, str] | None = None,
-                   gateway_env: dict[str, str] | None = None, timeout: float = 180.0) -> str:
-    """Start retrieval, ranking and the gateway; return the gateway URL once ``/readyz`` is 200."""
+                   gateway_env: dict[str, str] | None = None, timeout: float = 180.0, mode: str = "grpc") -> str:
+    """Start retrieval, ranking and the gateway (``mode="inprocess"``: the gateway alone, the
+    pipelines in its workers); return the gateway URL once ``/readyz`` is 200."""
     env = service_env(ports, redis_url, extra_env)
-    stack.start_module("retrieval", "services.retrieval", env)
-    stack.start_module("ranking", "services.ranking", env)
-    stack.start_module("gateway", "services.gateway", {**env, **(gateway_env or {})})
+    names = ["gateway"]
+    if mode != "inprocess":
+        stack.start_module("retrieval", "services.retrieval", env)
+        stack.start_module("ranking", "services.ranking", env)
+        names = ["retrieval", "ranking", "gateway"]
+    stack.start_module("gateway", "services.gateway", {**env, "GATEWAY_MODE": mode, **(gateway_env or {})})
     url = f"http://127.0.0.1:{ports.gateway}"
-    wait_ready(stack, f"{url}/readyz", ["retrieval", "ranking", "gateway"], timeout)
+    wait_ready(stack, f"{url}/readyz", names, timeout)
     return url
+
+
+def gateway_mode() -> str:
+    """``GATEWAY_MODE`` as the gateway will read it (an unknown value fails here, in one line)."""
+    from pydantic import ValidationError
+
+    from services.gateway.settings import GatewaySettings
+
+    try:
+        return GatewaySettings().mode
+    except ValidationError as exc:
+        raise StackError("; ".join(str(e["msg"]) for e in exc.errors())) from None
 
 
 # -- CLI ---------------------------------------------------------------------------------------
 @app.command()
 def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")) -> None:
-    """Start retrieval, ranking and the gateway in the background; wait until ready."""
+    """Start retrieval, ranking and the gateway in the background (GATEWAY_MODE=inprocess: the
+    gateway alone); wait until ready."""
     stack = Stack(RUN_DIR)
     running = [n for n in stack.names() if stack.pid(n) is not None]
     if running:
-        if {"retrieval", "ranking", "gateway"} <= set(running) and (RUN_DIR / STACK_FILE).is_file():
-            info = StackInfo.load(RUN_DIR)
+        info = StackInfo.load(RUN_DIR) if (RUN_DIR / STACK_FILE).is_file() else None
+        wanted = {"gateway"} if info is not None and info.gateway_mode == "inprocess" else {"retrieval", "ranking", "gateway"}
+        if info is not None and wanted <= set(running):
             try:  # idempotent: `make demo` twice reuses the stack
                 wait_ready(stack, f"{info.gateway_url}/readyz", [], 10)
             except StackError as exc:
@@ -331,33 +358,40 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
     for stale in stack.names():
         stack.pid_path(stale).unlink(missing_ok=True)
     try:
+        mode = gateway_mode()
         ports = Ports.from_settings()
-        ports.check_free()
+        ports.check_free(gateway_only=mode == "inprocess")
         redis_url = os.environ.get("REDIS_URL") or None
         if redis_url:
-            mode = "given"
+            redis_mode = "given"
             console.print(f"Redis: REDIS_URL={redis_url} (features are expected there: `make materialize`)")
         elif shutil.which("redis-server"):
-            mode = "private"
+            redis_mode = "private"
             redis_url = start_redis(stack)
             console.print(f"Redis: started a private redis-server at {redis_url}; materialising features…")
             t = time.perf_counter()
             materialize(redis_url, stack.log_path("materialize"))
             console.print(f"       features materialised in {time.perf_counter() - t:.1f}s")
         else:
-            mode = "embedded"
+            redis_mode = "embedded"
             console.print("[yellow]No REDIS_URL and no redis-server binary: using Feast's embedded SQLite online "
                           "store and the gateway's in-process response cache.[/yellow]")
-        console.print(f"Starting retrieval :{ports.retrieval}, ranking :{ports.ranking}, gateway :{ports.gateway} "
-                      f"(logs in {RUN_DIR}/)…")
+        if mode == "inprocess":
+            console.print(f"Starting the gateway :{ports.gateway} with retrieval and ranking in-process "
+                          f"(GATEWAY_MODE=inprocess; logs in {RUN_DIR}/)…")
+        else:
+            console.print(f"Starting retrieval :{ports.retrieval}, ranking :{ports.ranking}, gateway :{ports.gateway} "
+                          f"(logs in {RUN_DIR}/)…")
         t = time.perf_counter()
-        url = start_services(stack, ports, redis_url, timeout=timeout)
+        url = start_services(stack, ports, redis_url, timeout=timeout, mode=mode)
     except (StackError, subprocess.TimeoutExpired) as exc:
         console.print(f"[red]make up failed:[/red] {exc}")
         stack.stop_all()
         raise typer.Exit(1) from exc
-    StackInfo(url, f"127.0.0.1:{ports.retrieval}", f"127.0.0.1:{ports.ranking}", redis_url, mode,
-              str(RUN_DIR)).save(RUN_DIR)
+    local = mode == "inprocess"
+    StackInfo(url, "in-process" if local else f"127.0.0.1:{ports.retrieval}",
+              "in-process" if local else f"127.0.0.1:{ports.ranking}", redis_url, redis_mode, str(RUN_DIR),
+              mode).save(RUN_DIR)
     console.print(f"[green]ready[/green] in {time.perf_counter() - t:.1f}s: {url}/recommend?user_id=1&k=10  "
                   f"(docs {url}/docs, metrics {url}/metrics; `make down` stops it)")
 

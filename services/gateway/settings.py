@@ -21,11 +21,12 @@ class GatewaySettings(BaseSettings):
         description="`grpc`: retrieval and ranking are the gRPC services at GATEWAY_RETRIEVAL_ADDR / GATEWAY_RANKING_ADDR; "
                     "`inprocess`: the same pipelines run inside each gateway worker (reading the RETRIEVAL_* / RANKING_* / FEAST_* settings).",
     )
-    workers: int | None = Field(
-        None, ge=1,
-        description="uvicorn worker processes; unset = 1 in `grpc` mode (the gateway only waits on I/O), the CPU count in "
+    workers: int = Field(
+        0, ge=0,
+        description="uvicorn worker processes; 0 = 1 in `grpc` mode (the gateway only waits on I/O), the CPU count in "
                     "`inprocess` mode (each worker runs the CPU-bound pipelines on its event loop: one core each).",
     )
+
     host: str = Field("127.0.0.1", description="Interface the gateway binds (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the gateway.")
     retrieval_addr: str = Field("127.0.0.1:50051", description="host:port of the retrieval gRPC service.")
@@ -71,7 +72,7 @@ class GatewaySettings(BaseSettings):
 
     @property
     def worker_count(self) -> int:
-        if self.workers is not None:
+        if self.workers:
             return self.workers
         return (os.cpu_count() or 1) if self.inprocess else 1
 

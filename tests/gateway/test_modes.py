@@ -27,7 +27,7 @@ import pytest
 
 from common.net import free_port
 from common.settings import REPO_ROOT
-from deploy.local import Ports, Stack, start_services, wait_ready
+from deploy.local import Ports, Stack, start_services
 from tests.gateway.conftest import SERVICE_ENV
 
 # generous budgets: the comparison is about answers, not speed, on a shared machine
@@ -43,30 +43,32 @@ class Modes:
     workers2_url: str
 
 
-def _inprocess_gateway(stack: Stack, name: str, env: dict[str, str], workers: int) -> str:
-    port = free_port()
-    stack.start_module(name, "services.gateway", {**env, "GATEWAY_MODE": "inprocess", "GATEWAY_PORT": str(port),
-                                                  "GATEWAY_WORKERS": str(workers)})
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(stack, f"{url}/readyz", [name], 180)
-    return url
+def _inprocess_gateway(run_dir: Path, env: dict[str, str], workers: int, stacks: list[Stack]) -> str:
+    """The gateway alone, as ``GATEWAY_MODE=inprocess make up`` starts it (its own run dir)."""
+    stack = Stack(run_dir)
+    stacks.append(stack)
+    return start_services(stack, Ports.free(), None, extra_env=env, gateway_env={"GATEWAY_WORKERS": str(workers)},
+                          timeout=180, mode="inprocess")
 
 
 @pytest.fixture(scope="module")
 def modes(tmp_path_factory, bundle_path: Path) -> Iterator[Modes]:
-    stack = Stack(tmp_path_factory.mktemp("modes"))
+    tmp = tmp_path_factory.mktemp("modes")
     env = {**SERVICE_ENV, "ARTIFACTS_DIR": str(bundle_path), **SLACK}
+    stacks = [Stack(tmp / "grpc")]
     clients: list[httpx.Client] = []
     try:
-        grpc_url = start_services(stack, Ports.free(), None, extra_env=env, timeout=180)
-        inprocess_url = _inprocess_gateway(stack, "gateway-inprocess", env, 1)
-        workers_url = _inprocess_gateway(stack, "gateway-workers2", env, 2)
+        grpc_url = start_services(stacks[0], Ports.free(), None, extra_env=env, timeout=180)
+        inprocess_url = _inprocess_gateway(tmp / "inprocess", env, 1, stacks)
+        workers_url = _inprocess_gateway(tmp / "workers2", env, 2, stacks)
+        assert {n for s in stacks[1:] for n in s.names()} == {"gateway"}, "inprocess: no retrieval / ranking processes"
         clients = [httpx.Client(base_url=u, timeout=10.0) for u in (grpc_url, inprocess_url, workers_url)]
         yield Modes(*clients, workers_url)
     finally:
         for c in clients:
             c.close()
-        stack.stop_all()
+        for s in stacks:
+            s.stop_all()
 
 
 def _ranked(client: httpx.Client, body: dict) -> list[tuple[int, float]]:
@@ -162,6 +164,7 @@ def test_worker_count_defaults_by_mode():
     assert GatewaySettings(mode="grpc").worker_count == 1
     assert GatewaySettings(mode="inprocess").worker_count == (os.cpu_count() or 1)
     assert GatewaySettings(mode="inprocess", workers=3).worker_count == 3
+    assert GatewaySettings(mode="grpc", workers=0).worker_count == 1
 
 
 # -- unit level: in-process faces over fake pipelines --------------------------------------------
