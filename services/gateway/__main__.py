@@ -23,7 +23,7 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import OWN_METRICS_DIR, GatewaySettings
 
 log = logging.getLogger("services.gateway")
 
@@ -54,6 +54,12 @@ def _preflight(settings: GatewaySettings) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before prometheus_client is imported (it picks its value store then): an inherited
+    # multiprocess directory is not ours. Importing feast sets one as a side effect
+    # (feast.metrics), so every gateway a test or benchmark process starts would share it and mix
+    # their values. One worker: plain in-process metrics; several: a fresh directory of our own.
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", OWN_METRICS_DIR):
+        os.environ.pop(name, None)
     try:
         settings = GatewaySettings()
         if settings.inprocess:
@@ -71,7 +77,7 @@ def main() -> int:
     if workers > 1:
         # fresh: files left by an earlier run would be added to this one's counters
         metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_DIR] = metrics_dir
     try:
         uvicorn.run(
             "services.gateway.app:from_env", factory=True, host=settings.host, port=settings.port,

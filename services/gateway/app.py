@@ -28,7 +28,7 @@ from common.telemetry import TelemetrySettings, Tracing, grpc_client_interceptor
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
 from services.gateway.deps import Runtime
-from services.gateway.metrics import GatewayMetrics
+from services.gateway.metrics import GatewayMetrics, multiprocess_from_env
 from services.gateway.middleware import BodyLimit
 from services.gateway.pipeline import Recommender
 from services.gateway.responses import JSONBytes, error, readable
@@ -114,7 +114,7 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> Fas
     app.state.settings = settings
     app.state.tracing = tracing or Tracing(enabled=False)
     # per app: its own registry; several workers (the entry point set the directory): aggregated
-    app.state.metrics = GatewayMetrics(multiprocess=bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+    app.state.metrics = GatewayMetrics(multiprocess=multiprocess_from_env())
     app.add_exception_handler(RequestValidationError, invalid_request)
     register_all(app)
     if app.state.tracing.enabled:

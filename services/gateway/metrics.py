@@ -17,6 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics import MetricWrapperBase
 
 from services.gateway.breaker import STATES, Bulkhead
+from services.gateway.settings import OWN_METRICS_DIR
+
+
+def multiprocess_from_env() -> bool:
+    """Whether this worker shares its metrics through the entry point's directory."""
+    own = os.environ.get(OWN_METRICS_DIR)
+    return bool(own) and os.environ.get("PROMETHEUS_MULTIPROC_DIR") == own
 
 # 0.1 ms .. 1 s: the interesting range of a request with a 100 ms deadline.
 LATENCY_BUCKETS = (

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.settings import REPO_ROOT
 
 MODES = ("grpc", "inprocess")
+# Set (with PROMETHEUS_MULTIPROC_DIR, to the same directory) by ``python -m services.gateway`` for
+# several workers. PROMETHEUS_MULTIPROC_DIR alone does not say so: importing feast sets it. Not a
+# setting (no GATEWAY_ prefix): the entry point's message to its workers.
+OWN_METRICS_DIR = "RECSYS_GATEWAY_METRICS_DIR"
 
 
 class GatewaySettings(BaseSettings):
