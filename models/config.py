@@ -7,6 +7,16 @@ from pathlib import Path
 
 from common.settings import REPO_ROOT
 
+# Every file the pipeline writes into a bundle (manifest ``files`` name -> path). ``python -m models
+# run --skip-if-current`` rebuilds a current bundle that lacks any of them (e.g. one built before
+# ``item_neighbors`` existed), so adding a file here is enough to make old bundles stale.
+BUNDLE_FILES = {
+    "user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "item_index": "item_index.faiss",
+    "item_ids": "item_ids.npy", "user_ids": "user_ids.npy", "ranker": "ranker.onnx",
+    "popular_items": "popular_items.json", "item_catalog": "item_catalog.parquet",
+    "item_neighbors": "item_neighbors.npz",
+}
+
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
@@ -36,6 +46,16 @@ class RankerConfig:
 
 
 @dataclass(frozen=True)
+class CoVisitConfig:
+    """The ``item_to_item`` candidate source (models/covisit.py, common/item_neighbors.py)."""
+
+    window_s: float = 3600.0  # two interactions of one user at most this far apart co-visit
+    top_n: int = 50  # neighbours kept per item
+    min_count: int = 2  # pairs seen by fewer users are dropped (cosine 1.0 noise of rare items)
+    quota: int = 20  # of ranker.n_candidates per request; the rest stays two-tower's
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     seed: int = 20261124
     n_recent: int = 20
@@ -44,6 +64,7 @@ class PipelineConfig:
     ann_min_items: int = 50_000  # below this the served index is exact (IndexFlatIP)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+    item_to_item: CoVisitConfig = field(default_factory=CoVisitConfig)
     raw_dir: Path = REPO_ROOT / "data" / "raw" / "ml-100k"
     processed_dir: Path = REPO_ROOT / "data" / "processed"
     artifacts_dir: Path = REPO_ROOT / "artifacts"
@@ -61,4 +82,5 @@ class PipelineConfig:
             self,
             two_tower=replace(self.two_tower, dim=16, id_dim=16, hidden=32, epochs=1, finetune_epochs=1),
             ranker=replace(self.ranker, hidden=(16,), epochs=2, n_candidates=50, label_events=2),
+            item_to_item=replace(self.item_to_item, quota=5),
         )
