@@ -77,8 +77,10 @@ def merged_table(manifest: dict) -> Table | None:
     table.add_row("two-tower", *(f"{mg['two_tower'][k]:.4f}" for k in ks))
     table.add_row("two-tower + item_to_item", *(f"{mg['two_tower+item_to_item'][k]:.4f}" for k in ks))
     table.add_row("item_to_item alone", *(f"{i2i[k]:.4f}" if k in i2i else "" for k in ks))
-    table.caption = (f"users with >= 1 seed: {i2i['users_with_seeds']:.3f}; item_to_item candidates kept per "
-                     f"user: {mg['mean_item_to_item_candidates']:.1f}")
+    top10 = m["ranked_with_item_to_item"].get("mean_item_to_item_in_top10", float("nan"))
+    table.caption = (f"users with >= 1 seed: {i2i['users_with_seeds']:.3f}; candidates not in two-tower's "
+                     f"{mg['n_candidates']} per user: {mg['mean_new_candidates']:.1f}; of those in the "
+                     f"ranked top 10: {top10:.2f}")
     return table
 
 

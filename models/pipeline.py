@@ -302,17 +302,20 @@ def evaluate_item_to_item(p: Prepared, store, rank_sess, nbrs: ItemNeighbors, u_
     cand_sc = np.einsum("ud,ukd->uk", u_emb.astype(np.float32), item_emb[rows]).astype(np.float32)
     cand_sc = np.where(cand >= 0, cand_sc, -np.inf).astype(np.float32)
     x, _, g, ent, _ = ranker_dataset(p, store, cand, cand_sc, t_users, t_ts, t_pos, None, seed)
+    ranked = rank(rank_sess, x, g, ent, len(t_users))
+    new = [m[~np.isin(m, tt_ids[u, :k])] for u, m in enumerate(merged)]  # not in two-tower's top k
     ks = (10, 50, 100, 200)
     return {
         "merged": {"two_tower": E.summarize([r[:k] for r in tt_ids], t_pos, ks=ks),
                    "two_tower+item_to_item": E.summarize(merged, t_pos, ks=ks),
                    "n_candidates": k, "quota": quota,
-                   "mean_item_to_item_candidates": float(np.mean([k - np.isin(m, tt_ids[u, :k]).sum()
-                                                                  for u, m in enumerate(merged)]))},
+                   "mean_new_candidates": float(np.mean([n.size for n in new]))},
         "item_to_item": E.summarize(alone, t_pos) | {
             "users_with_seeds": float(np.mean((seeds >= 0).any(axis=1))),
             "users_with_candidates": float(np.mean([a.size > 0 for a in alone]))},
-        "ranked_with_item_to_item": E.summarize(rank(rank_sess, x, g, ent, len(t_users)), t_pos),
+        "ranked_with_item_to_item": E.summarize(ranked, t_pos) | {
+            # how often the ranker lifts an item only item_to_item brought into the first 10
+            "mean_item_to_item_in_top10": float(np.mean([np.isin(r[:10], new[u]).sum() for u, r in enumerate(ranked)]))},
     }
 
 
