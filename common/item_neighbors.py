@@ -172,6 +172,9 @@ def merge_candidates(two_tower_ids: np.ndarray, item_to_item_ids: np.ndarray, k:
     2. then item-to-item's list (best first, from :meth:`ItemNeighbors.lookup` with the same
        exclusions) minus the items already taken, at most ``quota``;
     3. then the rest of two-tower's list up to ``k`` when item-to-item had fewer than ``quota``.
+
+    Pass item-to-item's list from ``lookup(seeds, k, exclude)`` (``k`` items, not ``quota``): its
+    first ``quota`` may already be in two-tower's head, and step 2 then takes the next ones.
     """
     tt = np.asarray(two_tower_ids, dtype=np.int64).reshape(-1)
     tt = tt[tt >= 0]
