@@ -62,7 +62,8 @@ def _ids(values) -> np.ndarray:
 
 class RetrievalPipeline:
     def __init__(self, *, version: str, sources: list[CandidateSource], filters: list[Filter], merger: Merger,
-                 features: FeatureFetcher, metrics: ServiceMetrics, user_ids: np.ndarray) -> None:
+                 features: FeatureFetcher, metrics: ServiceMetrics, user_ids: np.ndarray,
+                 score_with: str | None = None) -> None:
         self.version = version
         self.sources = sources
         self.filters = filters
@@ -74,6 +75,8 @@ class RetrievalPipeline:
         self._t_source = [metrics.stage(f"source:{s.name}") for s in sources]
         self._t_filters = metrics.stage("filters")
         self._t_merge = metrics.stage("merge")
+        # ``score_with``: the source whose score every candidate gets (its slot index, its object)
+        self._scorer = next(((i, s) for i, s in enumerate(sources) if s.name == score_with), None)
 
     @classmethod
     def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics,
@@ -82,7 +85,8 @@ class RetrievalPipeline:
         sources = build_sources(config, bundle)
         filters = build_filters(config, bundle)
         pipeline = cls(version=bundle.version, sources=sources, filters=filters, merger=config.merger(),
-                       features=features, metrics=metrics, user_ids=ModelInputs.from_bundle(bundle).user_ids[1:])
+                       features=features, metrics=metrics, user_ids=ModelInputs.from_bundle(bundle).user_ids[1:],
+                       score_with=config.score_with)
         log.info("retrieval: bundle %s, sources %s, filters %s", bundle.version,
                  [s.name for s in sources], [f.name for f in filters])
         return pipeline
@@ -142,6 +146,7 @@ class RetrievalPipeline:
         self._t_filters.observe(filter_s)
 
         merged = self.merger.merge(per_source, k)
+        scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
         self._t_merge.observe(time.perf_counter() - t1)
         for name, n in merged.taken.items():
             if n:
@@ -150,4 +155,21 @@ class RetrievalPipeline:
             trace.taken = merged.taken
             trace.seconds["filters"] = filter_s
             trace.seconds["merge"] = time.perf_counter() - t1
-        return RetrievalResult(merged.item_ids, merged.scores, merged.source_codes, self.merger.names, self.version)
+        return RetrievalResult(merged.item_ids, scores, merged.source_codes, self.merger.names, self.version)
+
+    def _rescore(self, q: Query, item_ids: np.ndarray, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Candidates of the other sources get the ``score_with`` source's score, the one the
+        ranker's ``retrieval_score`` feature was trained on (and the offline evaluation of the
+        merged list used); kept as is when that source cannot score for this user."""
+        if self._scorer is None:
+            return scores
+        slot, source = self._scorer
+        other = codes != slot
+        if not other.any():
+            return scores
+        rescored = source.score_items(q, item_ids[other])
+        if rescored is None:
+            return scores
+        out = scores.copy()
+        out[other] = rescored
+        return out
