@@ -106,11 +106,34 @@ class RankingConfig(_Section):
     scorer: _Component
 
 
+# The gateway's fallback rungs (strategies), and the ``fallback`` each one reports in the response.
+RUNGS = {
+    "retrieval_order": "ranking_unavailable",  # ranking failed: retrieval's candidates in its order
+    "cached": "cached",  # the user's last good answer (GATEWAY_STALE_TTL_S), minus the exclusions
+    "popular_ranked": "retrieval_unavailable",  # retrieval failed: the bundle's popular list, ranked
+    "popular": "all_unavailable",  # the popular list as is: always answers, so it comes last
+}
+DEFAULT_LADDER = ("retrieval_order", "cached", "popular_ranked", "popular")
+
+
+class FallbackConfig(_Section):
+    ladder: tuple[Literal["retrieval_order", "cached", "popular_ranked", "popular"], ...] = DEFAULT_LADDER
+
+    @model_validator(mode="after")
+    def _ends_with_popular(self) -> FallbackConfig:
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError(f"a rung appears twice: {list(self.ladder)}")
+        if not self.ladder or self.ladder[-1] != "popular":
+            raise ValueError('the last rung must be "popular" (the only one that always answers)')
+        return self
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     retrieval: RetrievalConfig
     ranking: RankingConfig
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
@@ -128,7 +151,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         where = _where(err["loc"])
         msg = err['msg'].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
         raise PipelineConfigError(f"pipeline config {path}: {where}: {msg}") from exc
-    for section in (config.retrieval, config.ranking):
+    for section in (config.retrieval, config.ranking, config.fallback):
         section._origin = f"pipeline config {path}"
     return config
 

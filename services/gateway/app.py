@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
 from common.telemetry import Tracing, grpc_client_interceptors
+from services.components.config import load_config
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
 from services.gateway.deps import Runtime
@@ -54,13 +55,14 @@ async def lifespan(app: FastAPI):
         channel.get_state(try_to_connect=True)  # connect now, not on the first request
     cache = build_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
                         settings.cache_timeout_ms / 1000.0)
+    ladder = load_config(settings.pipeline_config).fallback.ladder  # checked by __main__ before start
     recommender = Recommender(settings, retrieval_channel=channels["retrieval"],
                               ranking_channel=channels["ranking"], cache=cache, catalog=catalog,
-                              metrics=app.state.metrics)
+                              metrics=app.state.metrics, ladder=ladder)
     app.state.runtime = Runtime(settings=settings, metrics=app.state.metrics, recommender=recommender,
                                 channels=channels, cache=cache, catalog=catalog)
-    log.info("gateway: retrieval %s, ranking %s, cache %s (ttl %ss), bundle %s",
-             settings.retrieval_addr, settings.ranking_addr, cache.name, settings.cache_ttl_s,
+    log.info("gateway: retrieval %s, ranking %s, cache %s (ttl %ss), fallback ladder %s, bundle %s",
+             settings.retrieval_addr, settings.ranking_addr, cache.name, settings.cache_ttl_s, " > ".join(ladder),
              catalog.version or f"UNREADABLE ({catalog.error})")
     gc.collect()
     gc.freeze()  # start-up objects leave the GC's young generations: no full-GC pauses on them

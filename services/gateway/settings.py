@@ -23,6 +23,8 @@ class GatewaySettings(BaseSettings):
     cache_timeout_ms: float = Field(10.0, gt=0, description="Budget of each response-cache read or write.")
     num_candidates: int = Field(300, ge=1, le=2000, description="Candidates asked from retrieval and sent to ranking.")
     cache_ttl_s: int = Field(60, ge=0, description="Response cache TTL in seconds; 0 disables the cache.")
+    stale_ttl_s: int = Field(3600, ge=0, description="How long a user's last good answer is kept for the `cached` fallback rung (0: no such rung); needs the response cache on.")
+    pipeline_config: Path | None = Field(None, description="The component pipeline file whose [fallback] ladder the gateway follows; unset = services/pipeline.toml.")
     cache_max_entries: int = Field(10000, ge=1, description="Size of the in-process cache used when REDIS_URL is unset.")
     max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST /recommend body.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids accepted in one request.")

@@ -103,3 +103,19 @@ def test_quotas_above_the_largest_k_are_refused(tmp_path):
                                       '{ type = "popular", quota = 2000 }]\n' + SCORER))
     with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\].quota: 2000 is above RETRIEVAL_MAX_K=1000"):
         cfg.retrieval.check_quotas(1000, "RETRIEVAL_MAX_K")
+
+
+@pytest.mark.parametrize(("ladder", "message"), [
+    ('["cached", "retrieval_order"]', 'the last rung must be "popular"'),
+    ('["cached", "cached", "popular"]', "a rung appears twice"),
+    ('["stale", "popular"]', "fallback.ladder[0]: Input should be 'retrieval_order', 'cached', 'popular_ranked' or 'popular'"),
+])
+def test_fallback_ladder_mistakes_name_the_setting(tmp_path, ladder, message):
+    text = '[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n' + SCORER + f"[fallback]\nladder = {ladder}\n"
+    with pytest.raises(PipelineConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value), str(info.value)
+
+
+def test_the_shipped_ladder():
+    assert load_config().fallback.ladder == ("retrieval_order", "cached", "popular_ranked", "popular")
