@@ -130,24 +130,33 @@ class Recommender:
         metrics.popular_items.set(len(catalog.popular))
 
     # -- public ------------------------------------------------------------------------------
-    async def recommend(self, q: Query) -> Result:
+    async def recommend(self, q: Query, explain: dict | None = None) -> Result:
+        """The answer for ``q``. ``explain`` (a dict, /debug/explain): the pipeline runs in full
+        whatever the cache holds, the services are asked for their account of it, everything is
+        written into ``explain``, and nothing is cached. Nothing is collected otherwise."""
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_ms / 1000.0
         key = cache_key(self.model_version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids))
-        hit = await self._cache_get(key)
-        if hit is not None:
-            payload = orjson.loads(hit)
-            self._stage["total"].observe(time.perf_counter() - start)
-            return Result(payload["items"], payload["model_version"], None, True)
+        errors: dict[str, str] | None = None
+        if explain is None:
+            hit = await self._cache_get(key)
+            if hit is not None:
+                payload = orjson.loads(hit)
+                self._stage["total"].observe(time.perf_counter() - start)
+                return Result(payload["items"], payload["model_version"], None, True)
+        else:
+            errors = {}
+            explain["cache"] = {"enabled": self.cache.enabled, "key": key,
+                                "fresh_entry": await self._cache_get(key, count=False) is not None}
 
         exclude = frozenset(q.exclude_item_ids)
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
-        candidates, version = await self._retrieve(q, context, deadline)
+        candidates, version = await self._retrieve(q, context, deadline, errors, explain)
         ranked = None
         if candidates is not None:
             self._observe_sources(candidates)
             if len(candidates.item_ids):  # an empty answer from a healthy retrieval is a full answer
-                ranked, rank_version = await self._rank(q, context, candidates, deadline)
+                ranked, rank_version = await self._rank(q, context, candidates, deadline, errors, explain)
                 version = rank_version or version
         full = candidates is not None and (ranked is not None or not len(candidates.item_ids))
 
@@ -158,7 +167,7 @@ class Recommender:
             items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
             self._stage["filters"].observe(time.perf_counter() - t)
         else:
-            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline)
+            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline, errors)
             version = rung_version or version
             self._fallbacks[fallback].inc()
         version = version or self.model_version
@@ -167,16 +176,21 @@ class Recommender:
                 # the services moved to a new bundle: key the cache by what is actually served
                 self.model_version = version
                 self.metrics.model.info({"version": version, "source": "services"})
-            if self.cache.enabled:
+            if self.cache.enabled and explain is None:
                 value = orjson.dumps({"items": items, "model_version": version})
                 task = asyncio.create_task(self._cache_write(
                     cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), q.user_id, value))
                 self._writes.add(task)
                 task.add_done_callback(self._writes.discard)
         self._stage["total"].observe(time.perf_counter() - start)
+        if explain is not None:
+            explain["fallback"] = {"rung": fallback, "reason": errors or None}
+            explain.setdefault("seconds", {})["total"] = round(time.perf_counter() - start, 6)
+            explain["model_version"] = version
         return Result(items, version, fallback, fallback == CACHED)
 
-    async def _ladder(self, q: Query, context, candidates, exclude: frozenset[int], deadline: float):
+    async def _ladder(self, q: Query, context, candidates, exclude: frozenset[int], deadline: float,
+                      errors: dict[str, str] | None = None):
         """The first rung of the configured ladder that can answer: (items, fallback, version)."""
         retrieval_failed = candidates is None
         for rung in self.ladder:
@@ -191,7 +205,7 @@ class Recommender:
             if rung == "popular_ranked" and retrieval_failed:
                 popular = self._popular_candidates(exclude, max(self.settings.num_candidates, q.k))
                 if len(popular.item_ids):
-                    ranked, version = await self._rank(q, context, popular, deadline)
+                    ranked, version = await self._rank(q, context, popular, deadline, errors)
                     if ranked is not None:
                         return self._filter(ranked.item_ids, ranked.scores, exclude, q.k), RUNGS[rung], version
             if rung == "popular":
@@ -288,28 +302,37 @@ class Recommender:
         raw = await self._cache_get(stale_key(user_id), count=False)
         return orjson.loads(raw) if raw is not None else None
 
-    async def _call(self, name: str, method, request, budget_s: float, deadline: float):
+    async def _call(self, name: str, method, request, budget_s: float, deadline: float,
+                    errors: dict[str, str] | None = None):
         """One gRPC call: a bulkhead slot (waiting at most until the request deadline), the
-        dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline."""
+        dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline.
+        ``errors`` (explain): why the call gave no answer, by dependency."""
+        response, code = await self._attempt(name, method, request, budget_s, deadline)
+        if code is not None and errors is not None:
+            errors[name] = code
+        return response
+
+    async def _attempt(self, name: str, method, request, budget_s: float, deadline: float):
+        """(response, None) or (None, the reason: a gRPC code name, breaker_open, shed, no_budget)."""
         breaker, bulkhead = self.breakers[name], self.bulkheads[name]
         if deadline - time.perf_counter() < MIN_CALL_BUDGET_S:
             self.metrics.dependency_errors.labels(dependency=name, code="no_budget").inc()
-            return None
+            return None, "no_budget"
         if breaker.state == OPEN:  # refuse before queueing; allow() below takes the probe
             self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
-            return None
+            return None, "breaker_open"
         t = time.perf_counter()
         acquired = await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S)
         t_call = time.perf_counter()
         self._wait[name].observe(t_call - t)
         if not acquired:  # overloaded: shed to the fallback rung; says nothing about the dependency
             self.metrics.dependency_errors.labels(dependency=name, code="shed").inc()
-            return None
+            return None, "shed"
         try:
             permit = breaker.allow()
             if permit is None:
                 self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
-                return None
+                return None, "breaker_open"
             return await self._invoke(name, breaker, permit, method, request, min(budget_s, deadline - t_call),
                                       budget_s)
         finally:
@@ -317,7 +340,8 @@ class Recommender:
 
     async def _invoke(self, name: str, breaker: CircuitBreaker, permit: Permit, method, request, timeout: float,
                       budget_s: float):
-        """The gRPC call itself and the breaker's verdict on how it ended."""
+        """The gRPC call itself and the breaker's verdict on how it ended: (response, None) or
+        (None, the gRPC code's name)."""
         t = time.perf_counter()
         try:
             response = await method(request, timeout=timeout)
@@ -333,30 +357,41 @@ class Recommender:
             else:  # e.g. INVALID_ARGUMENT: our request, not their health
                 breaker.release(permit)
                 log.warning("%s refused the request: %s %s", name, code.name, exc.details())
-            return None
+            return None, code.name
         except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
             breaker.release(permit)  # never leave a half-open breaker waiting for a probe that is gone
             raise
         finally:
             self._stage[name].observe(time.perf_counter() - t)
         breaker.record_success(permit)
-        return response
+        return response, None
 
-    async def _retrieve(self, q: Query, context, deadline: float):
+    async def _retrieve(self, q: Query, context, deadline: float, errors: dict | None = None,
+                        explain: dict | None = None):
         request = retrieval_pb2.RetrieveRequest(
             user_id=q.user_id, k=max(self.settings.num_candidates, q.k), context=context,
-            exclude_item_ids=q.exclude_item_ids,
+            exclude_item_ids=q.exclude_item_ids, explain=explain is not None,
         )
+        t = time.perf_counter()
         response = await self._call("retrieval", self.retrieval.Retrieve, request,
-                                    self.settings.retrieval_timeout_ms / 1000.0, deadline)
+                                    self.settings.retrieval_timeout_ms / 1000.0, deadline, errors)
+        if explain is not None:
+            explain.setdefault("seconds", {})["retrieval_call"] = round(time.perf_counter() - t, 6)
+            explain["retrieval"] = orjson.loads(response.explain_json) if response is not None and response.explain_json else None
         if response is None:
             return None, None
         return response.candidates, response.model_version
 
-    async def _rank(self, q: Query, context, candidates, deadline: float):
-        request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context)
+    async def _rank(self, q: Query, context, candidates, deadline: float, errors: dict | None = None,
+                    explain: dict | None = None):
+        request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context,
+                                          explain=explain is not None)
+        t = time.perf_counter()
         response = await self._call("ranking", self.ranking.Rank, request,
-                                    self.settings.ranking_timeout_ms / 1000.0, deadline)
+                                    self.settings.ranking_timeout_ms / 1000.0, deadline, errors)
+        if explain is not None:
+            explain.setdefault("seconds", {})["ranking_call"] = round(time.perf_counter() - t, 6)
+            explain["ranking"] = orjson.loads(response.explain_json) if response is not None and response.explain_json else None
         if response is None:
             return None, None
         return response, response.model_version

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import REPO_ROOT
+
+# Tokens that ship in examples and tutorials: never a secret outside a dev setup.
+PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "change_me", "secret", "password", "admin", "token",
+                                "test", "dev", "default", "example", "letmein", "xxx"})
 
 
 class GatewaySettings(BaseSettings):
@@ -45,6 +50,20 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("ARTIFACTS_DIR"),
         description="Artifact bundle to serve (a version folder or the `current` link).",
     )
+
+    environment: Literal["dev", "prod"] = Field("prod", description="`dev` allows a placeholder GATEWAY_ADMIN_TOKEN (make up, tests); anything else refuses one.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin endpoints (/debug/explain); unset = those endpoints are disabled (404). At least 16 characters, no placeholder, outside dev.")
+
+    @model_validator(mode="after")
+    def _no_placeholder_admin_token(self) -> GatewaySettings:
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        if token is None or self.environment == "dev":
+            return self
+        if token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < 16:
+            raise ValueError("GATEWAY_ADMIN_TOKEN looks like a placeholder (a known default or under 16 "
+                             "characters): set a real secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, "
+                             "or GATEWAY_ENVIRONMENT=dev")
+        return self
 
     @model_validator(mode="after")
     def _min_calls_fit_the_window(self) -> GatewaySettings:

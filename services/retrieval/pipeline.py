@@ -26,7 +26,7 @@ from services.components.config import RetrievalConfig, build_filters, build_sou
 from services.components.filter import Filter
 from services.components.merger import Merger
 from services.components.types import Candidates, Query
-from services.features import FeatureFetcher, parse_user_id
+from services.features import FeatureFetcher, describe_rows, parse_user_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class RetrievalResult:
 class RetrievalTrace:
     """What one request's components did (filled only when asked for: explain)."""
 
+    query: Query | None = None
     sources: dict[str, Candidates] = field(default_factory=dict)  # as fetched, before filters
     removed: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # filter -> source -> ids
     taken: dict[str, int] = field(default_factory=dict)  # source -> candidates in the merged list
@@ -120,6 +121,8 @@ class RetrievalPipeline:
                  exclude_item_ids: np.ndarray | None = None, trace: RetrievalTrace | None = None) -> RetrievalResult:
         t0 = time.perf_counter()
         q = self.query(user_id, k, recent_item_ids, exclude_item_ids)
+        if trace is not None:
+            trace.query = q
         excluded = [f.excluded(q) for f in self.filters]
         # every source over-fetches by what the filters could remove, so that k remain after them
         extra = sum(int(e.size) for e in excluded)
@@ -173,3 +176,26 @@ class RetrievalPipeline:
         out = scores.copy()
         out[other] = rescored
         return out
+
+
+def explain(trace: RetrievalTrace, result: RetrievalResult, *, top: int = 5, max_ids: int = 20) -> dict:
+    """A JSON-able account of one traced ``retrieve``: per source what it fetched (count, its
+    best few with scores) and contributed, per filter what it removed (count per source, the
+    first ids), the time of each stage and the user's feature rows (event time of each view)."""
+    q = trace.query
+    contributed = dict.fromkeys(result.source_names, 0) | trace.taken
+    sources = {name: {"fetched": len(c), "taken": contributed.get(name, 0),
+                      "top": [[int(i), round(float(s), 6)] for i, s in zip(c.item_ids[:top], c.scores[:top], strict=True)]}
+               for name, c in trace.sources.items()}
+    filters = {}
+    for name, per_source in trace.removed.items():
+        ids = np.unique(np.concatenate(list(per_source.values())))
+        filters[name] = {"removed": int(ids.size), "by_source": {s: int(v.size) for s, v in per_source.items()},
+                         "ids": ids[:max_ids].tolist()}
+    user = {}
+    if q is not None:
+        user = {"known": q.uid is not None and not q.user.all_missing, "recent_item_ids": q.recent[:max_ids].tolist(),
+                "seen": int(q.seen.size), "missing_features": sorted(q.user.missing),
+                "feature_rows": describe_rows(q.user.event_ts, time.time())}
+    return {"model_version": result.model_version, "sources": sources, "filters": filters,
+            "seconds": {k: round(v, 6) for k, v in trace.seconds.items()}, "user": user}

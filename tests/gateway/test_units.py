@@ -349,10 +349,10 @@ def test_the_ladder_is_followed_in_its_configured_order():
                           metrics=GatewayMetrics(), ladder=ladder)
         state = {"rank_ok": True}
 
-        async def retrieve(q, context, deadline):
+        async def retrieve(q, context, deadline, *_):
             return candidates, "v"
 
-        async def rank(q, context, cands, deadline):
+        async def rank(q, context, cands, deadline, *_):
             if not state["rank_ok"]:
                 return None, None
             return common_pb2.CandidateList(item_ids=[32, 31, 30], scores=[0.9, 0.8, 0.7]), "v"
@@ -374,3 +374,25 @@ def test_the_ladder_is_followed_in_its_configured_order():
     _, cached_first = asyncio.run(scenario(("cached", "retrieval_order", "popular_ranked", "popular")))
     assert cached_first.fallback == "cached" and cached_first.cached
     assert [i["item_id"] for i in cached_first.items] == [32, 31]
+
+
+def test_why_a_call_gave_no_answer_is_reported_for_explain():
+    import time
+
+    import grpc
+
+    rec = _recommender(breaker_window=2, breaker_min_calls=1)
+
+    async def times_out(request, timeout):
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+    async def main():
+        errors: dict[str, str] = {}
+        await rec._call("ranking", times_out, None, 0.040, time.perf_counter() + 10.0, errors)
+        first = dict(errors)
+        await rec._call("ranking", times_out, None, 0.040, time.perf_counter() + 10.0, errors)  # breaker open now
+        return first, errors
+
+    first, second = asyncio.run(main())
+    assert first == {"ranking": "DEADLINE_EXCEEDED"}
+    assert second == {"ranking": "breaker_open"}
