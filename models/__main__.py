@@ -11,7 +11,7 @@ from rich.table import Table
 
 from common.bundle import BundleError, load_bundle
 from common.settings import FeatureStoreSettings
-from models.config import PipelineConfig
+from models.config import BUNDLE_FILES, PipelineConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -55,8 +55,32 @@ def metrics_table(manifest: dict) -> Table:
     for name, label in [("popularity", "popularity"), ("retrieval", "two-tower exact"),
                         ("retrieval_ann", "two-tower HNSW"), ("ranked", "two-tower + ranker")]:
         table.add_row(label, *(f"{m[name][k]:.4f}" for k in ("recall@10", "recall@50", "recall@100", "ndcg@10")))
+    if "ranked_with_item_to_item" in m:
+        table.add_row("two-tower + item_to_item + ranker",
+                      *(f"{m['ranked_with_item_to_item'][k]:.4f}" for k in ("recall@10", "recall@50", "recall@100", "ndcg@10")))
     table.caption = (f"ANN recall@100 vs exact: {m['ann']['recall@100_vs_exact']:.4f}; served index: "
                      f"{manifest['index']['type']}")
+    return table
+
+
+def merged_table(manifest: dict) -> Table | None:
+    """Candidate lists before ranking: two-tower alone vs with item_to_item's quota."""
+    m = manifest["metrics"]
+    if "merged" not in m:
+        return None
+    mg, i2i = m["merged"], m["item_to_item"]
+    ks = ("recall@10", "recall@50", "recall@100", "recall@200")
+    table = Table(title=f"candidates before ranking ({mg['n_candidates']} per user, item_to_item quota {mg['quota']})")
+    table.add_column("candidates")
+    for k in ks:
+        table.add_column(k, justify="right")
+    table.add_row("two-tower", *(f"{mg['two_tower'][k]:.4f}" for k in ks))
+    table.add_row("two-tower + item_to_item", *(f"{mg['two_tower+item_to_item'][k]:.4f}" for k in ks))
+    table.add_row("item_to_item alone", *(f"{i2i[k]:.4f}" if k in i2i else "" for k in ks))
+    top10 = m["ranked_with_item_to_item"].get("mean_item_to_item_in_top10", float("nan"))
+    table.caption = (f"users with >= 1 seed: {i2i['users_with_seeds']:.3f}; candidates not in two-tower's "
+                     f"{mg['n_candidates']} per user: {mg['mean_new_candidates']:.1f}; of those in the "
+                     f"ranked top 10: {top10:.2f}")
     return table
 
 
@@ -72,11 +96,16 @@ def run(
 
         try:
             b = load_bundle(cfg.artifacts_dir / "current")
-            if b.manifest.get("feature_views") == feature_views_schema():
+            lacking = [name for name in BUNDLE_FILES if not b.has(name)]
+            if lacking:
+                console.print(f"[yellow]artifacts/current = {b.version} lacks {', '.join(lacking)} "
+                              "(built by older code): building[/]")
+            elif b.manifest.get("feature_views") == feature_views_schema():
                 console.print(f"artifacts/current = {b.version} verifies; skipping (drop --skip-if-current to rebuild)")
                 return
-            console.print(f"[yellow]artifacts/current = {b.version} was built on other feature views "
-                          "than feature_store/repo/definitions.py declares: building[/]")
+            else:
+                console.print(f"[yellow]artifacts/current = {b.version} was built on other feature views "
+                              "than feature_store/repo/definitions.py declares: building[/]")
         except BundleError as exc:
             console.print(f"[yellow]{exc}: building[/]")
     from models.pipeline import GateError
@@ -92,6 +121,8 @@ def run(
             console.print(f"[bold red]{exc}[/]")
             raise typer.Exit(2) from exc
     console.print(metrics_table(manifest))
+    if (merged := merged_table(manifest)) is not None:
+        console.print(merged)
     console.print(f"published {target} (artifacts/current) in {time.perf_counter() - t:.0f}s")
 
 

@@ -9,7 +9,9 @@ Stages (each a plain function, runnable in-process from tests):
 3. Ranker training set: R's top candidates at every labelled event, features from Feast
    ``get_historical_features`` (point-in-time), matrix from ``ModelInputs.ranker_matrix``.
 4. Evaluation on the test set (the user's latest timestamp), identical exclusions for every
-   method: popularity, two-tower exact, two-tower via HNSW, exact retrieval + ranker.
+   method: popularity, two-tower exact, two-tower via HNSW, exact retrieval + ranker; and the
+   ``item_to_item`` co-visitation source (built from train + valid only): alone, merged into
+   two-tower's candidates (``common.item_neighbors.merge_candidates``) and ranked.
 5. Gate: the two-tower must beat popularity on Recall@100, else nothing is published. It runs as
    soon as those two metrics exist, before the HNSW and ranker evaluation of step 4.
 6. Bundle -> ``common.bundle.publish``; then Feast apply + materialise.
@@ -31,13 +33,14 @@ import numpy as np
 import pandas as pd
 
 from common.bundle import MANIFEST, file_entries, metric, publish
+from common.item_neighbors import ItemNeighbors, merge_candidates
 from common.model_inputs import ModelInputs
 from common.onnx import cpu_session
 from common.settings import FeatureStoreSettings
 from feature_store.repo.definitions import feature_views_schema
 from models import data as D
 from models import evaluate as E
-from models.config import PipelineConfig
+from models.config import BUNDLE_FILES, PipelineConfig
 
 USER_CAT_SOURCES = ["user_profile:age_bucket", "user_profile:gender", "user_profile:occupation"]
 RANKER_REFS = [
@@ -253,6 +256,70 @@ def ranker_dataset(p: Prepared, store, cand_ids: np.ndarray, cand_scores: np.nda
     return x, np.concatenate(rows_y), np.concatenate(rows_g), entity, (user_vals, item_vals)
 
 
+def rank(rank_sess, x: np.ndarray, groups: np.ndarray, entity: pd.DataFrame, n_groups: int) -> list[np.ndarray]:
+    """Item ids of every group (request) ordered by the ranker's score, best first."""
+    from models.ranker import FEATURES
+
+    scores = rank_sess.run(None, {FEATURES: x})[0]
+    ids_all = entity["item_id"].to_numpy()
+    out = []
+    for g in range(n_groups):
+        m = groups == g
+        out.append(ids_all[m][np.argsort(-scores[m], kind="stable")])
+    return out
+
+
+def recent_seeds(p: Prepared, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """The user tower's recent items as item ids [U, n_recent], most recent first, -1 = padding:
+    the item_to_item seeds come from the same history as the user embedding."""
+    from common.model_inputs import RECENT_ITEM_IDX
+
+    rows = feed[RECENT_ITEM_IDX]
+    return np.where(rows > 0, p.item_ids[rows], -1)
+
+
+def evaluate_item_to_item(p: Prepared, store, rank_sess, nbrs: ItemNeighbors, u_emb: np.ndarray,
+                          feed: dict[str, np.ndarray], tt_ids: np.ndarray, t_users: np.ndarray,
+                          t_ts: np.ndarray, t_pos: list[set[int]], excl: list[set[int]], k: int, quota: int,
+                          seed: int) -> dict[str, dict]:
+    """``metrics.merged``, ``metrics.item_to_item`` and ``metrics.ranked_with_item_to_item``.
+
+    ``tt_ids``: two-tower's exact top (>= k) per user without ``excl``. Candidates per user are
+    ``merge_candidates(two-tower, lookup(seeds, k, excl), k, quota)`` -- the serving merge; the
+    ranker's ``retrieval_score`` of every candidate is the two-tower inner product u . e_item
+    (what serving computes for candidates of any source)."""
+    seeds = recent_seeds(p, feed)
+    alone, merged = [], []
+    for u in range(len(t_users)):
+        ex = np.fromiter(excl[u], np.int64, len(excl[u]))
+        ids, _ = nbrs.lookup(seeds[u], max(k, 100), ex)  # k: enough left after the two-tower head
+        alone.append(ids[:100])
+        merged.append(merge_candidates(tt_ids[u, :k], ids, k, quota)[0])
+    cand = np.full((len(t_users), k), -1, np.int64)
+    for u, m in enumerate(merged):
+        cand[u, : m.size] = m
+    item_emb = p.item_emb.astype(np.float32)
+    rows = p.inputs.item_rows(np.maximum(cand, 0))
+    cand_sc = np.einsum("ud,ukd->uk", u_emb.astype(np.float32), item_emb[rows]).astype(np.float32)
+    cand_sc = np.where(cand >= 0, cand_sc, -np.inf).astype(np.float32)
+    x, _, g, ent, _ = ranker_dataset(p, store, cand, cand_sc, t_users, t_ts, t_pos, None, seed)
+    ranked = rank(rank_sess, x, g, ent, len(t_users))
+    new = [m[~np.isin(m, tt_ids[u, :k])] for u, m in enumerate(merged)]  # not in two-tower's top k
+    ks = (10, 50, 100, 200)
+    return {
+        "merged": {"two_tower": E.summarize([r[:k] for r in tt_ids], t_pos, ks=ks),
+                   "two_tower+item_to_item": E.summarize(merged, t_pos, ks=ks),
+                   "n_candidates": k, "quota": quota,
+                   "mean_new_candidates": float(np.mean([n.size for n in new]))},
+        "item_to_item": E.summarize(alone, t_pos) | {
+            "users_with_seeds": float(np.mean((seeds >= 0).any(axis=1))),
+            "users_with_candidates": float(np.mean([a.size > 0 for a in alone]))},
+        "ranked_with_item_to_item": E.summarize(ranked, t_pos) | {
+            # how often the ranker lifts an item only item_to_item brought into the first 10
+            "mean_item_to_item_in_top10": float(np.mean([np.isin(r[:10], new[u]).sum() for u, r in enumerate(ranked)]))},
+    }
+
+
 def build_hnsw(item_emb: np.ndarray, item_ids: np.ndarray, m: int = 32, ef_search: int = 128):
     import faiss
 
@@ -316,6 +383,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
     import torch
 
     from feature_store import store as fs
+    from models import covisit
     from models import ranker as RK
     from models import two_tower as TT
 
@@ -354,6 +422,11 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
     with timed("two_tower"):
         model_f = train_two_tower(p, nonTest, cfg, rep.epochs("two-tower", cfg.two_tower.finetune_epochs), init=model_r)
 
+    with timed("item_to_item"):
+        # train + valid only: the test interactions must not shape the candidates evaluated on them
+        cv = cfg.item_to_item
+        nbrs = covisit.build(nonTest, cv.window_s, cv.top_n, min_count=cv.min_count)
+
     K = cfg.ranker.n_candidates
     with timed("ranker_training_set"):
         ev = events_inter.groupby(["user_id", "ts"])["item_id"].apply(lambda s: {int(i) for i in s}).reset_index()
@@ -383,6 +456,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         RK.export(ranker, len(spec), staging / "ranker.onnx")
         np.save(staging / "user_ids.npy", p.user_ids, allow_pickle=False)
         np.save(staging / "item_ids.npy", p.item_ids, allow_pickle=False)
+        nbrs.save(staging / "item_neighbors.npz")
 
     with timed("evaluate"):
         tq = test.groupby("user_id").agg(ts=("ts", "first"), items=("item_id", lambda s: {int(i) for i in s}))
@@ -418,13 +492,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         x_te, y_te, g_te, ent_te, _test_feature_dicts = ranker_dataset(
             p, store, ex_ids[:, :K], ex_sc[:, :K], t_users, t_ts, t_pos, None, cfg.seed)
         np.savez_compressed(Path(cfg.processed_dir) / "ranker_test.npz", x=x_te, y=y_te, group=g_te)
-        s_te = rank_sess.run(None, {RK.FEATURES: x_te})[0]
-        ranked = []
-        for g in range(len(t_users)):
-            m = g_te == g
-            ids = ent_te["item_id"].to_numpy()[m]
-            ranked.append(ids[np.argsort(-s_te[m], kind="stable")])
-        metrics["ranked"] = E.summarize(ranked, t_pos)
+        metrics["ranked"] = E.summarize(rank(rank_sess, x_te, g_te, ent_te, len(t_users)), t_pos)
         metrics["validation"] = {"two_tower_r": valid_metrics}
         x500 = np.ascontiguousarray(np.resize(x_te, (500, x_te.shape[1])), np.float32)
         rank_lat = latency_ms(lambda: rank_sess.run(None, {RK.FEATURES: x500}))
@@ -433,6 +501,13 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         one_user = {r: v[0] for r, v in uv_all.items()}
         items500 = {r: np.ascontiguousarray(np.resize(v, (500, *v.shape[1:]))) for r, v in iv_all.items()}
         matrix_lat = latency_ms(lambda: p.inputs.ranker_matrix(one_user, items500, x500[:, 0]))
+
+    with timed("evaluate_item_to_item"):
+        metrics |= evaluate_item_to_item(p, store, rank_sess, nbrs, u_emb, feed, ex_ids, t_users, t_ts, t_pos,
+                                         excl, K, cfg.item_to_item.quota, cfg.seed)
+        seeds_1 = recent_seeds(p, {k: v[:1] for k, v in feed.items()})[0]
+        excl_1 = np.fromiter(excl[0], np.int64, len(excl[0]))
+        lookup_lat = latency_ms(lambda: nbrs.lookup(seeds_1, K, excl_1))
 
     with timed("bundle"):
         exact = build_exact(item_index_emb, p.item_ids[1:])
@@ -445,9 +520,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
         (staging / "popular_items.json").write_text(json.dumps(pop_json))
         catalog = ds.items[["item_id", "title", "year"]].copy()
         catalog.to_parquet(staging / "item_catalog.parquet", index=False)
-        names = {"user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "item_index": "item_index.faiss",
-                 "item_ids": "item_ids.npy", "user_ids": "user_ids.npy", "ranker": "ranker.onnx",
-                 "popular_items": "popular_items.json", "item_catalog": "item_catalog.parquet"}
+        names = dict(BUNDLE_FILES)
         timings["total_before_publish"] = round(time.perf_counter() - t_all, 2)
         manifest = {
             "format_version": 1,
@@ -486,6 +559,20 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
                       "ef_search": 128 if use_ann else None,
                       "evaluated_ann": {"type": "IDMap2,HNSW32,Flat", "M": 32, "ef_construction": 200,
                                         "ef_search": 128, "metrics": ["retrieval_ann.*", "ann.recall@100_vs_exact"]}},
+            "item_to_item": {"file": "item_neighbors", "window_s": cfg.item_to_item.window_s,
+                             "top_n": cfg.item_to_item.top_n, "min_count": cfg.item_to_item.min_count,
+                             "quota": cfg.item_to_item.quota, "n_candidates": K,
+                             "items_with_neighbors": nbrs.items_with_neighbors,
+                             "mean_neighbors": round(nbrs.mean_neighbors, 3),
+                             "built_from": "train+valid interactions",
+                             "score": "users who interacted with both within window_s / sqrt(n_i * n_j)",
+                             "seeds": "user_context:recent_item_ids (the user tower's recent items), most "
+                                      "recent first, weight 1 / (1 + position)",
+                             "merge": "two-tower top (n_candidates - quota), then item_to_item's top quota "
+                                      "not already taken, then two-tower to n_candidates "
+                                      "(common.item_neighbors.merge_candidates)",
+                             "build_seconds": timings["item_to_item"],
+                             "lookup_1_request": lookup_lat},
             "popular_items": {"half_life_days": cfg.popularity_half_life_days,
                               "as_of": D.to_time([int(nonTest["ts"].max()) + 1])[0].isoformat()},
             "metrics": metrics,

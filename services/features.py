@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 _INT_ID = re.compile(r"[0-9]{1,18}")
 
 
+def describe_rows(event_ts: dict[str, float | None], now: float) -> dict[str, dict | None]:
+    """Explain output for feature rows: per view its event time (ISO 8601, UTC) and age in
+    seconds at ``now``, or None when the entity has no row in that view."""
+    from datetime import UTC, datetime
+
+    return {view: None if ts is None else {
+        "event_time": datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds"), "age_s": round(now - ts, 1)}
+        for view, ts in sorted(event_ts.items())}
+
+
 def parse_user_id(user_id: str) -> int | None:
     """``"42"`` -> 42; anything else (names, negative numbers, huge numbers) -> None (unknown)."""
     s = user_id.strip()
@@ -39,6 +49,7 @@ class UserView:
     values: dict[str, Any] = field(default_factory=dict)
     missing: frozenset[str] = frozenset()
     all_missing: bool = True
+    event_ts: dict[str, float | None] = field(default_factory=dict)  # view -> epoch s of its row (explain)
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,8 @@ class FeatureFetcher:
             return UserView()
         missing = frozenset(feats.missing)
         values = dict(feats.values)
-        return UserView(values, missing, all_missing=missing.issuperset(values.keys()))
+        return UserView(values, missing, all_missing=missing.issuperset(values.keys()),
+                        event_ts=dict(getattr(feats, "event_ts", {}) or {}))
 
     def items(self, item_ids: np.ndarray) -> ItemView:
         try:
@@ -87,3 +99,12 @@ class FeatureFetcher:
             self._failed("items", exc)
             return ItemView({}, np.ones(item_ids.size, bool))
         return ItemView(feats.values, np.asarray(feats.missing, bool))
+
+    def item_event_ts(self, item_ids: np.ndarray) -> dict[str, list[float | None]]:
+        """Per item view, the event time of each item's row in the loaded item table (explain only;
+        empty when the reader keeps no table)."""
+        table = getattr(self.reader, "item_table", None)
+        if table is None or not hasattr(table, "event_ts"):
+            return {}
+        rows = table.rows(np.asarray(item_ids, np.int64))  # unknown ids: the default row, NaN times
+        return {view: [float(v) if np.isfinite(v) else None for v in ts[rows]] for view, ts in table.event_ts.items()}

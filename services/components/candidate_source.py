@@ -11,6 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
+
 from common.bundle import Bundle
 from services.components.types import Candidates, Query
 
@@ -30,3 +32,8 @@ class CandidateSource(ABC):
     @abstractmethod
     def fetch(self, query: Query, n: int) -> Candidates:
         """At most ``n`` candidates for ``query``, best first, ``source`` = this source's name."""
+
+    def score_items(self, query: Query, item_ids: np.ndarray) -> np.ndarray | None:
+        """This source's score of arbitrary items for ``query`` (``retrieval.score_with``), or
+        None when it cannot score them (e.g. no query embedding for a user without signal)."""
+        return None

@@ -49,14 +49,17 @@ class _Component(BaseModel):
 
 class SourceConfig(_Component):
     quota: int | Literal["rest"] | None = Field(None, description='At most this many candidates, or "rest".')
+    share: float | None = Field(None, gt=0, lt=1, description="Instead of a quota: at most this share of k.")
     backfill: bool = False
 
     @model_validator(mode="after")
     def _quota(self) -> SourceConfig:
-        if self.backfill and self.quota is not None:
+        if self.quota is not None and self.share is not None:
+            raise ValueError("give a quota or a share, not both")
+        if self.backfill and (self.quota is not None or self.share is not None):
             raise ValueError("a backfill source takes no quota")
-        if not self.backfill and self.quota is None:
-            raise ValueError('a primary source needs a quota (a number or "rest")')
+        if not self.backfill and self.quota is None and self.share is None:
+            raise ValueError('a primary source needs a quota (a number or "rest") or a share')
         if isinstance(self.quota, int) and self.quota < 1:
             raise ValueError(f"quota must be at least 1, got {self.quota}")
         return self
@@ -71,6 +74,7 @@ class RetrievalConfig(_Section):
 
     sources: list[SourceConfig] = Field(min_length=1)
     filters: list[_Component] = Field(default_factory=list)
+    score_with: str | None = None  # a source whose score every merged candidate gets
 
     @model_validator(mode="after")
     def _slots(self) -> RetrievalConfig:
@@ -81,10 +85,12 @@ class RetrievalConfig(_Section):
             raise ValueError('at most one source may have quota = "rest"')
         if all(s.backfill for s in self.sources):
             raise ValueError("at least one source must be primary (not backfill)")
+        if self.score_with is not None and self.score_with not in labels:
+            raise ValueError(f"score_with names no source: {self.score_with!r} (sources: {', '.join(labels)})")
         return self
 
     def merger(self) -> Merger:
-        return Merger([Slot(s.label, None if s.quota in (None, REST) else int(s.quota), s.backfill)
+        return Merger([Slot(s.label, None if s.quota in (None, REST) else int(s.quota), s.backfill, s.share)
                        for s in self.sources])
 
     def check_quotas(self, max_k: int, setting: str) -> None:
@@ -100,11 +106,34 @@ class RankingConfig(_Section):
     scorer: _Component
 
 
+# The gateway's fallback rungs (strategies), and the ``fallback`` each one reports in the response.
+RUNGS = {
+    "retrieval_order": "ranking_unavailable",  # ranking failed: retrieval's candidates in its order
+    "cached": "cached",  # the user's last good answer (GATEWAY_STALE_TTL_S), minus the exclusions
+    "popular_ranked": "retrieval_unavailable",  # retrieval failed: the bundle's popular list, ranked
+    "popular": "all_unavailable",  # the popular list as is: always answers, so it comes last
+}
+DEFAULT_LADDER = ("retrieval_order", "cached", "popular_ranked", "popular")
+
+
+class FallbackConfig(_Section):
+    ladder: tuple[Literal["retrieval_order", "cached", "popular_ranked", "popular"], ...] = DEFAULT_LADDER
+
+    @model_validator(mode="after")
+    def _ends_with_popular(self) -> FallbackConfig:
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError(f"a rung appears twice: {list(self.ladder)}")
+        if not self.ladder or self.ladder[-1] != "popular":
+            raise ValueError('the last rung must be "popular" (the only one that always answers)')
+        return self
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     retrieval: RetrievalConfig
     ranking: RankingConfig
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
@@ -122,7 +151,7 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         where = _where(err["loc"])
         msg = err['msg'].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
         raise PipelineConfigError(f"pipeline config {path}: {where}: {msg}") from exc
-    for section in (config.retrieval, config.ranking):
+    for section in (config.retrieval, config.ranking, config.fallback):
         section._origin = f"pipeline config {path}"
     return config
 

@@ -1,13 +1,13 @@
 """``Merger``: the sources' candidates -> one list of at most k, with per-source quotas.
 
 Slots come in config order. A *primary* slot has a ``quota`` (at most that many of its
-candidates per request) or ``quota = "rest"`` (whatever the other quotas leave of k); a
+candidates per request), a ``share`` (at most that share of k) or ``quota = "rest"`` (whatever the other quotas leave of k); a
 *backfill* slot is only used to fill up to k when the primaries together had fewer (a cold or
 thin user). Three passes:
 
 1. each primary slot, in order, takes its new candidates up to its limit;
-2. if fewer than k were taken, the primaries' remaining candidates fill up, in slot order (a
-   source with a quota of 20 that found 5 leaves 15 places to the others);
+2. if fewer than k were taken, the ``rest`` source's remaining candidates fill up (a source
+   with a quota of 20 that found 5 leaves 15 places to it); a quota is never exceeded;
 3. then the backfill slots, in order.
 
 An item proposed by several sources is kept once, from the first slot that takes it: scores of
@@ -31,8 +31,15 @@ REST = "rest"
 @dataclass(frozen=True, slots=True)
 class Slot:
     name: str
-    quota: int | None = None  # None: "rest" (primary) or unlimited (backfill)
+    quota: int | None = None  # None (and no share): "rest" (primary) or unlimited (backfill)
     backfill: bool = False
+    share: float | None = None  # instead of a quota: this share of k (rounded, at least 1)
+
+    def limit(self, k: int) -> int | None:
+        """The slot's quota for a request of k, None for "rest" / backfill."""
+        if self.share is not None:
+            return min(k, max(1, round(self.share * k)))
+        return None if self.quota is None else min(self.quota, k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +56,17 @@ class Merger:
     def __init__(self, slots: Sequence[Slot]) -> None:
         self.slots = tuple(slots)
         self.names = tuple(s.name for s in self.slots)
-        self._reserved = tuple(s.quota or 0 for s in self.slots if not s.backfill)
 
     def wanted(self, k: int) -> list[int]:
-        """How many candidates to ask each slot's source for, before filtering: a quota slot its
-        quota; a rest or backfill slot may have to fill up to k on its own."""
-        return [min(s.quota, k) if s.quota is not None and not s.backfill else k for s in self.slots]
+        """How many candidates to ask each slot's source for, before filtering: k from every one.
+        A quota slot too, because the items it proposes that an earlier slot already took do not
+        count towards its quota (the offline evaluation merges item_to_item's top k the same way)."""
+        return [k] * len(self.slots)
 
     def merge(self, per_slot: Sequence[Candidates], k: int) -> Merged:
-        taken: list[np.ndarray] = []  # positions taken, per slot
         n = 0
-        rest = max(k - sum(min(q, k) for q in self._reserved), 0)
+        limits = [None if s.backfill else s.limit(k) for s in self.slots]
+        rest = max(k - sum(q for q in limits if q is not None), 0)
         parts: list[tuple[int, np.ndarray]] = []  # (slot index, positions) in taking order
         used_ids: list[np.ndarray] = []
 
@@ -82,12 +89,12 @@ class Merger:
         primaries = [i for i, s in enumerate(self.slots) if not s.backfill]
         next_pos = dict.fromkeys(primaries, 0)
         for i in primaries:  # 1. quotas
-            quota = self.slots[i].quota
-            next_pos[i] = take(i, 0, min(rest if quota is None else min(quota, k), k - n))
-        for i in primaries:  # 2. primaries fill what the others left
+            next_pos[i] = take(i, 0, min(rest if limits[i] is None else limits[i], k - n))
+        for i in primaries:  # 2. the "rest" source fills what the quota sources left
             if n >= k:
                 break
-            next_pos[i] = take(i, next_pos[i], k - n)
+            if limits[i] is None:
+                next_pos[i] = take(i, next_pos[i], k - n)
         for i, slot in enumerate(self.slots):  # 3. backfill
             if n >= k:
                 break
@@ -103,5 +110,4 @@ class Merger:
         counts = dict.fromkeys(self.names, 0)
         for i, p in parts:
             counts[self.names[i]] += int(p.size)
-        del taken
         return Merged(item_ids, scores, codes, counts)

@@ -46,3 +46,5 @@ class Query:
     recent: np.ndarray = field(default_factory=lambda: _NO_IDS)
     exclude: np.ndarray = field(default_factory=lambda: _NO_IDS)  # the request's own exclude_item_ids
     seen: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    # per-request results components share (e.g. the two-tower query embedding, computed once)
+    scratch: dict = field(default_factory=dict)

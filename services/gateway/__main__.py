@@ -38,6 +38,16 @@ def _settings_problem(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
 
 
+def _check_ladder(settings: GatewaySettings) -> None:
+    """The fallback ladder (GATEWAY_PIPELINE_CONFIG): an invalid config stops the gateway here."""
+    from services.components.config import PipelineConfigError, load_config  # after the env clean-up
+
+    try:
+        load_config(settings.pipeline_config)
+    except PipelineConfigError as exc:
+        raise _Refused(str(exc)) from None
+
+
 def _preflight(settings: GatewaySettings) -> None:
     from common.bundle import BundleError
     from common.grpc_server import LoadError
@@ -62,6 +72,7 @@ def main() -> int:
         os.environ.pop(name, None)
     try:
         settings = GatewaySettings()
+        _check_ladder(settings)
         if settings.inprocess:
             # before FAISS (OpenMP) loads, here and in every worker: one query per call, one thread
             os.environ.setdefault("OMP_NUM_THREADS", "1")

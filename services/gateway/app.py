@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 
 from common.proto.recsys.v1 import ranking_pb2_grpc, retrieval_pb2_grpc
 from common.telemetry import TelemetrySettings, Tracing, grpc_client_interceptors, setup_tracing
+from services.components.config import load_config
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
 from services.gateway.deps import Runtime
@@ -76,12 +77,13 @@ async def lifespan(app: FastAPI):
         where = f"retrieval {settings.retrieval_addr}, ranking {settings.ranking_addr}"
     cache = build_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
                         settings.cache_timeout_ms / 1000.0)
+    ladder = load_config(settings.pipeline_config).fallback.ladder  # checked by __main__ before start
     recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
-                              catalog=catalog, metrics=metrics)
+                              catalog=catalog, metrics=metrics, ladder=ladder)
     app.state.runtime = Runtime(settings=settings, metrics=metrics, recommender=recommender,
                                 channels=channels, cache=cache, catalog=catalog, stages=stages)
-    log.info("gateway (%s mode): %s, cache %s (ttl %ss), bundle %s", settings.mode, where, cache.name,
-             settings.cache_ttl_s, catalog.version or f"UNREADABLE ({catalog.error})")
+    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s", settings.mode, where,
+             cache.name, settings.cache_ttl_s, " > ".join(ladder), catalog.version or f"UNREADABLE ({catalog.error})")
     gc.collect()
     gc.freeze()  # start-up objects leave the GC's young generations: no full-GC pauses on them
     try:

@@ -3,7 +3,9 @@
 Keys hold everything that changes the answer: model version, user, k and a hash of the request
 shape (context and exclusions), so a new model version or a different request never reads a
 stale entry. Values are the orjson bytes of the ranked items. Only non-degraded responses are
-cached (a fallback answer must not outlive the outage).
+cached (a fallback answer must not outlive the outage). Each is also kept, under
+:func:`stale_key` and the longer ``GATEWAY_STALE_TTL_S``, as the user's last good answer: the
+``cached`` rung of the fallback ladder serves it when retrieval or ranking fails.
 
 Every cache failure is the caller's to swallow: the request is then served without cache.
 """
@@ -27,12 +29,17 @@ def cache_key(model_version: str, user_id: str, k: int, context: dict | None, ex
     return f"recsys:resp:{model_version}:{k}:{digest}:{user_id}"
 
 
+def stale_key(user_id: str) -> str:
+    """The user's last good answer (any k, shape or model version): the ``cached`` fallback rung."""
+    return f"recsys:last:{user_id}"
+
+
 class ResponseCache(Protocol):
     name: str
     enabled: bool
 
     async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -45,7 +52,7 @@ class NullCache:
     async def get(self, key: str) -> bytes | None:
         return None
 
-    async def set(self, key: str, value: bytes) -> None:
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         return None
 
     async def ping(self) -> bool:
@@ -77,8 +84,8 @@ class InProcessCache:
         self._data.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes) -> None:
-        self._data[key] = (self._clock() + self.ttl_s, value)
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        self._data[key] = (self._clock() + (self.ttl_s if ttl_s is None else ttl_s), value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -115,8 +122,8 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)
 
-    async def set(self, key: str, value: bytes) -> None:
-        await self._redis.set(key, value, ex=self.ttl_s)
+    async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
+        await self._redis.set(key, value, ex=self.ttl_s if ttl_s is None else ttl_s)
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())

@@ -4,14 +4,20 @@ Each stage has a name (used in metrics and spans) and a budget. The whole reques
 (``GATEWAY_REQUEST_TIMEOUT_MS``); each gRPC call gets ``min(stage budget, time left)`` as its
 gRPC deadline, so a slow dependency can never hold a request past its deadline.
 
-Fallback ladder (the rung is named in the response's ``fallback``):
+Fallback ladder: when the full answer fails, the rungs of ``[fallback] ladder`` in
+services/pipeline.toml are tried in order (a rung that cannot answer this request is skipped);
+the response's ``fallback`` names the rung that answered:
 
 =========================  =====================================================================
 ``None``                   retrieval + ranking answered
-``ranking_unavailable``    ranking failed / timed out / breaker open: retrieval order
-``retrieval_unavailable``  retrieval failed: the start-up popular list, re-ranked by ranking
-``all_unavailable``        both failed: the start-up popular list as is (empty if the bundle
-                           was unreadable)
+``ranking_unavailable``    ``retrieval_order``: ranking failed / timed out / breaker open,
+                           retrieval's candidates in its order
+``cached``                 ``cached``: the user's last good answer (kept ``GATEWAY_STALE_TTL_S``),
+                           minus this request's exclusions, when k remain
+``retrieval_unavailable``  ``popular_ranked``: retrieval failed, the start-up popular list
+                           re-ranked by ranking
+``all_unavailable``        ``popular``: the start-up popular list as is (empty if the bundle was
+                           unreadable)
 =========================  =====================================================================
 
 A Redis failure is not a rung: the request is served without cache, counted in
@@ -37,8 +43,9 @@ from common.proto.recsys.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from services.components.config import DEFAULT_LADDER, RUNGS
 from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker, Permit
-from services.gateway.cache import ResponseCache, cache_key
+from services.gateway.cache import ResponseCache, cache_key, stale_key
 from services.gateway.catalog import Catalog
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
@@ -55,6 +62,7 @@ MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback
 RANKING_UNAVAILABLE = "ranking_unavailable"
 RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
 ALL_UNAVAILABLE = "all_unavailable"
+CACHED = "cached"
 POPULAR_FALLBACK_SOURCE = "popular_fallback"  # source name of the popular-list candidates
 
 
@@ -92,6 +100,7 @@ class Recommender:
         ranking=None,
         retrieval_channel: grpc.aio.Channel | None = None,
         ranking_channel: grpc.aio.Channel | None = None,
+        ladder: tuple[str, ...] = DEFAULT_LADDER,
     ) -> None:
         """``retrieval`` / ``ranking``: the two stages, anything with the generated stub's method
         (``await retrieval.Retrieve(request, timeout=...)``, ``await ranking.Rank(...)``) and its
@@ -101,6 +110,7 @@ class Recommender:
             raise TypeError("Recommender: give each stage exactly once (retrieval= or retrieval_channel=, "
                             "ranking= or ranking_channel=)")
         self.settings = settings
+        self.ladder = ladder
         self.retrieval = retrieval if retrieval is not None else retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
         self.ranking = ranking if ranking is not None else ranking_pb2_grpc.RankingServiceStub(ranking_channel)
         self.cache = cache
@@ -120,7 +130,7 @@ class Recommender:
         self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
         self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)
         self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "retrieval", "ranking", "filters", "total")}
-        self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in (RANKING_UNAVAILABLE, RETRIEVAL_UNAVAILABLE, ALL_UNAVAILABLE)}
+        self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in RUNGS.values()}
         self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
         self._writes: set[asyncio.Task] = set()
         metrics.model.info({"version": self.model_version, "source": "bundle" if catalog.version else "none"})
@@ -128,57 +138,88 @@ class Recommender:
         metrics.popular_items.set(len(catalog.popular))
 
     # -- public ------------------------------------------------------------------------------
-    async def recommend(self, q: Query) -> Result:
+    async def recommend(self, q: Query, explain: dict | None = None) -> Result:
+        """The answer for ``q``. ``explain`` (a dict, /debug/explain): the pipeline runs in full
+        whatever the cache holds, the services are asked for their account of it, everything is
+        written into ``explain``, and nothing is cached. Nothing is collected otherwise."""
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_ms / 1000.0
         key = cache_key(self.model_version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids))
-        hit = await self._cache_get(key)
-        if hit is not None:
-            payload = orjson.loads(hit)
-            self._stage["total"].observe(time.perf_counter() - start)
-            return Result(payload["items"], payload["model_version"], None, True)
+        errors: dict[str, str] | None = None
+        if explain is None:
+            hit = await self._cache_get(key)
+            if hit is not None:
+                payload = orjson.loads(hit)
+                self._stage["total"].observe(time.perf_counter() - start)
+                return Result(payload["items"], payload["model_version"], None, True)
+        else:
+            errors = {}
+            explain["cache"] = {"enabled": self.cache.enabled, "key": key,
+                                "fresh_entry": await self._cache_get(key, count=False) is not None}
 
         exclude = frozenset(q.exclude_item_ids)
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
-        candidates, version = await self._retrieve(q, context, deadline)
-        if candidates is None:
-            candidates = self._popular_candidates(exclude, max(self.settings.num_candidates, q.k))
-            retrieval_failed = True
-        else:
-            retrieval_failed = False
+        candidates, version = await self._retrieve(q, context, deadline, errors, explain)
+        ranked = None
+        if candidates is not None:
             self._observe_sources(candidates)
-        has_candidates = len(candidates.item_ids) > 0
-
-        # retrieval's CandidateList goes into the Rank request as is (no per-item objects)
-        ranked, rank_version = await self._rank(q, context, candidates, deadline) if has_candidates else (None, None)
-        ranking_failed = has_candidates and ranked is None
-        version = rank_version or version or self.model_version
-
-        t = time.perf_counter()
-        # ranked items, or the candidates in retrieval (or popularity) order when ranking failed
-        best_first = candidates if ranked is None else ranked
-        items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
-        self._stage["filters"].observe(time.perf_counter() - t)
+            if len(candidates.item_ids):  # an empty answer from a healthy retrieval is a full answer
+                ranked, rank_version = await self._rank(q, context, candidates, deadline, errors, explain)
+                version = rank_version or version
+        full = candidates is not None and (ranked is not None or not len(candidates.item_ids))
 
         fallback = None
-        if retrieval_failed:
-            fallback = ALL_UNAVAILABLE if ranking_failed or not has_candidates else RETRIEVAL_UNAVAILABLE
-        elif ranking_failed:
-            fallback = RANKING_UNAVAILABLE
-        if fallback is not None:
+        if full:
+            t = time.perf_counter()
+            best_first = ranked if ranked is not None else candidates
+            items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
+            self._stage["filters"].observe(time.perf_counter() - t)
+        else:
+            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline, errors)
+            version = rung_version or version
             self._fallbacks[fallback].inc()
-        elif version != self.model_version:
-            # the services moved to a new bundle: key the cache by what is actually served
-            self.model_version = version
-            self.metrics.model.info({"version": version, "source": "services"})
-        if fallback is None and self.cache.enabled:
-            value = orjson.dumps({"items": items, "model_version": version})
-            task = asyncio.create_task(self._cache_set(
-                cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), value))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        version = version or self.model_version
+        if fallback is None:
+            if version != self.model_version:
+                # the services moved to a new bundle: key the cache by what is actually served
+                self.model_version = version
+                self.metrics.model.info({"version": version, "source": "services"})
+            if self.cache.enabled and explain is None:
+                value = orjson.dumps({"items": items, "model_version": version})
+                task = asyncio.create_task(self._cache_write(
+                    cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), q.user_id, value))
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
         self._stage["total"].observe(time.perf_counter() - start)
-        return Result(items, version, fallback, False)
+        if explain is not None:
+            explain["fallback"] = {"rung": fallback, "reason": errors or None}
+            explain.setdefault("seconds", {})["total"] = round(time.perf_counter() - start, 6)
+            explain["model_version"] = version
+        return Result(items, version, fallback, fallback == CACHED)
+
+    async def _ladder(self, q: Query, context, candidates, exclude: frozenset[int], deadline: float,
+                      errors: dict[str, str] | None = None):
+        """The first rung of the configured ladder that can answer: (items, fallback, version)."""
+        retrieval_failed = candidates is None
+        for rung in self.ladder:
+            if rung == "retrieval_order" and not retrieval_failed:
+                return self._filter(candidates.item_ids, candidates.scores, exclude, q.k), RUNGS[rung], None
+            if rung == "cached":
+                last = await self._last_good(q.user_id)
+                if last is not None:
+                    items = [i for i in last["items"] if i["item_id"] not in exclude][: q.k]
+                    if len(items) == q.k:
+                        return items, RUNGS[rung], last["model_version"]
+            if rung == "popular_ranked" and retrieval_failed:
+                popular = self._popular_candidates(exclude, max(self.settings.num_candidates, q.k))
+                if len(popular.item_ids):
+                    ranked, version = await self._rank(q, context, popular, deadline, errors)
+                    if ranked is not None:
+                        return self._filter(ranked.item_ids, ranked.scores, exclude, q.k), RUNGS[rung], version
+            if rung == "popular":
+                popular = self._popular_candidates(exclude, q.k)
+                return self._filter(popular.item_ids, popular.scores, exclude, q.k), RUNGS[rung], None
+        raise AssertionError("the ladder ends with the popular rung (checked when the config is loaded)")
 
     async def drain(self) -> None:
         """Wait for pending cache writes (shutdown)."""
@@ -208,7 +249,9 @@ class Recommender:
             self.metrics.candidates.labels(source=source).observe(n)
 
     # -- stages ------------------------------------------------------------------------------
-    async def _cache_get(self, key: str) -> bytes | None:
+    async def _cache_get(self, key: str, count: bool = True) -> bytes | None:
+        """``count=False``: a lookup that is not the response cache's (the ``cached`` rung), kept
+        out of the hit-rate counters and the cache stage latency."""
         if not self.cache.enabled:
             self._cache_result["bypass"].inc()
             return None
@@ -230,18 +273,20 @@ class Recommender:
             breaker.release(permit)
             raise
         finally:
-            self._stage["cache"].observe(time.perf_counter() - t)
+            if count:
+                self._stage["cache"].observe(time.perf_counter() - t)
         breaker.record_success(permit)
-        self._cache_result["hit" if value is not None else "miss"].inc()
+        if count:
+            self._cache_result["hit" if value is not None else "miss"].inc()
         return value
 
-    async def _cache_set(self, key: str, value: bytes) -> None:
+    async def _cache_set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
         breaker = self.breakers["redis"]
         permit = breaker.allow()
         if permit is None:
             return
         try:
-            await self.cache.set(key, value)
+            await self.cache.set(key, value, ttl_s)
         except Exception as exc:  # noqa: BLE001
             breaker.record_failure(permit)
             self.metrics.cache_errors.labels(operation="set").inc()
@@ -252,28 +297,50 @@ class Recommender:
         else:
             breaker.record_success(permit)
 
-    async def _call(self, name: str, method, request, budget_s: float, deadline: float):
+    async def _cache_write(self, key: str, user_id: str, value: bytes) -> None:
+        """A full answer: into the response cache, and as the user's last good answer."""
+        await self._cache_set(key, value)
+        if self.settings.stale_ttl_s > 0:
+            await self._cache_set(stale_key(user_id), value, self.settings.stale_ttl_s)
+
+    async def _last_good(self, user_id: str) -> dict | None:
+        """The user's last good answer (``cached`` rung), None when there is none or no cache."""
+        if not self.cache.enabled or self.settings.stale_ttl_s <= 0:
+            return None
+        raw = await self._cache_get(stale_key(user_id), count=False)
+        return orjson.loads(raw) if raw is not None else None
+
+    async def _call(self, name: str, method, request, budget_s: float, deadline: float,
+                    errors: dict[str, str] | None = None):
         """One gRPC call: a bulkhead slot (waiting at most until the request deadline), the
-        dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline."""
+        dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline.
+        ``errors`` (explain): why the call gave no answer, by dependency."""
+        response, code = await self._attempt(name, method, request, budget_s, deadline)
+        if code is not None and errors is not None:
+            errors[name] = code
+        return response
+
+    async def _attempt(self, name: str, method, request, budget_s: float, deadline: float):
+        """(response, None) or (None, the reason: a gRPC code name, breaker_open, shed, no_budget)."""
         breaker, bulkhead = self.breakers[name], self.bulkheads[name]
         if deadline - time.perf_counter() < MIN_CALL_BUDGET_S:
             self.metrics.dependency_errors.labels(dependency=name, code="no_budget").inc()
-            return None
+            return None, "no_budget"
         if breaker.state == OPEN:  # refuse before queueing; allow() below takes the probe
             self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
-            return None
+            return None, "breaker_open"
         t = time.perf_counter()
         acquired = await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S)
         t_call = time.perf_counter()
         self._wait[name].observe(t_call - t)
         if not acquired:  # overloaded: shed to the fallback rung; says nothing about the dependency
             self.metrics.dependency_errors.labels(dependency=name, code="shed").inc()
-            return None
+            return None, "shed"
         try:
             permit = breaker.allow()
             if permit is None:
                 self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
-                return None
+                return None, "breaker_open"
             return await self._invoke(name, breaker, permit, method, request, min(budget_s, deadline - t_call),
                                       budget_s)
         finally:
@@ -281,7 +348,8 @@ class Recommender:
 
     async def _invoke(self, name: str, breaker: CircuitBreaker, permit: Permit, method, request, timeout: float,
                       budget_s: float):
-        """The gRPC call itself and the breaker's verdict on how it ended."""
+        """The gRPC call itself and the breaker's verdict on how it ended: (response, None) or
+        (None, the gRPC code's name)."""
         t = time.perf_counter()
         try:
             response = await method(request, timeout=timeout)
@@ -297,30 +365,41 @@ class Recommender:
             else:  # e.g. INVALID_ARGUMENT: our request, not their health
                 breaker.release(permit)
                 log.warning("%s refused the request: %s %s", name, code.name, exc.details())
-            return None
+            return None, code.name
         except BaseException:  # cancelled (client went away) or a bug: no verdict on the dependency
             breaker.release(permit)  # never leave a half-open breaker waiting for a probe that is gone
             raise
         finally:
             self._stage[name].observe(time.perf_counter() - t)
         breaker.record_success(permit)
-        return response
+        return response, None
 
-    async def _retrieve(self, q: Query, context, deadline: float):
+    async def _retrieve(self, q: Query, context, deadline: float, errors: dict | None = None,
+                        explain: dict | None = None):
         request = retrieval_pb2.RetrieveRequest(
             user_id=q.user_id, k=max(self.settings.num_candidates, q.k), context=context,
-            exclude_item_ids=q.exclude_item_ids,
+            exclude_item_ids=q.exclude_item_ids, explain=explain is not None,
         )
+        t = time.perf_counter()
         response = await self._call("retrieval", self.retrieval.Retrieve, request,
-                                    self.settings.retrieval_timeout_ms / 1000.0, deadline)
+                                    self.settings.retrieval_timeout_ms / 1000.0, deadline, errors)
+        if explain is not None:
+            explain.setdefault("seconds", {})["retrieval_call"] = round(time.perf_counter() - t, 6)
+            explain["retrieval"] = orjson.loads(response.explain_json) if response is not None and response.explain_json else None
         if response is None:
             return None, None
         return response.candidates, response.model_version
 
-    async def _rank(self, q: Query, context, candidates, deadline: float):
-        request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context)
+    async def _rank(self, q: Query, context, candidates, deadline: float, errors: dict | None = None,
+                    explain: dict | None = None):
+        request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context,
+                                          explain=explain is not None)
+        t = time.perf_counter()
         response = await self._call("ranking", self.ranking.Rank, request,
-                                    self.settings.ranking_timeout_ms / 1000.0, deadline)
+                                    self.settings.ranking_timeout_ms / 1000.0, deadline, errors)
+        if explain is not None:
+            explain.setdefault("seconds", {})["ranking_call"] = round(time.perf_counter() - t, 6)
+            explain["ranking"] = orjson.loads(response.explain_json) if response is not None and response.explain_json else None
         if response is None:
             return None, None
         return response, response.model_version

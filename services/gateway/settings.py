@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import REPO_ROOT
@@ -15,6 +16,10 @@ MODES = ("grpc", "inprocess")
 # several workers. PROMETHEUS_MULTIPROC_DIR alone does not say so: importing feast sets it. Not a
 # setting (no GATEWAY_ prefix): the entry point's message to its workers.
 OWN_METRICS_DIR = "RECSYS_GATEWAY_METRICS_DIR"
+
+# Tokens that ship in examples and tutorials: never a secret outside a dev setup.
+PLACEHOLDER_TOKENS = frozenset({"changeme", "change-me", "change_me", "secret", "password", "admin", "token",
+                                "test", "dev", "default", "example", "letmein", "xxx"})
 
 
 class GatewaySettings(BaseSettings):
@@ -41,6 +46,8 @@ class GatewaySettings(BaseSettings):
     cache_timeout_ms: float = Field(10.0, gt=0, description="Budget of each response-cache read or write.")
     num_candidates: int = Field(300, ge=1, le=2000, description="Candidates asked from retrieval and sent to ranking.")
     cache_ttl_s: int = Field(60, ge=0, description="Response cache TTL in seconds; 0 disables the cache.")
+    stale_ttl_s: int = Field(3600, ge=0, description="How long a user's last good answer is kept for the `cached` fallback rung (0: no such rung); needs the response cache on.")
+    pipeline_config: Path | None = Field(None, description="The component pipeline file whose [fallback] ladder the gateway follows; unset = services/pipeline.toml.")
     cache_max_entries: int = Field(10000, ge=1, description="Size of the in-process cache used when REDIS_URL is unset.")
     max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST /recommend body.")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids accepted in one request.")
@@ -61,6 +68,20 @@ class GatewaySettings(BaseSettings):
         validation_alias=AliasChoices("ARTIFACTS_DIR"),
         description="Artifact bundle to serve (a version folder or the `current` link).",
     )
+
+    environment: Literal["dev", "prod"] = Field("prod", description="`dev` allows a placeholder GATEWAY_ADMIN_TOKEN (make up, tests); anything else refuses one.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin endpoints (/debug/explain); unset = those endpoints are disabled (404). At least 16 characters, no placeholder, outside dev.")
+
+    @model_validator(mode="after")
+    def _no_placeholder_admin_token(self) -> GatewaySettings:
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        if token is None or self.environment == "dev":
+            return self
+        if token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < 16:
+            raise ValueError("GATEWAY_ADMIN_TOKEN looks like a placeholder (a known default or under 16 "
+                             "characters): set a real secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, "
+                             "or GATEWAY_ENVIRONMENT=dev")
+        return self
 
     @field_validator("mode")
     @classmethod

@@ -26,7 +26,7 @@ from services.components.config import RetrievalConfig, build_filters, build_sou
 from services.components.filter import Filter
 from services.components.merger import Merger
 from services.components.types import Candidates, Query
-from services.features import FeatureFetcher, parse_user_id
+from services.features import FeatureFetcher, describe_rows, parse_user_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class RetrievalResult:
 class RetrievalTrace:
     """What one request's components did (filled only when asked for: explain)."""
 
+    query: Query | None = None
     sources: dict[str, Candidates] = field(default_factory=dict)  # as fetched, before filters
     removed: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # filter -> source -> ids
     taken: dict[str, int] = field(default_factory=dict)  # source -> candidates in the merged list
@@ -62,7 +63,8 @@ def _ids(values) -> np.ndarray:
 
 class RetrievalPipeline:
     def __init__(self, *, version: str, sources: list[CandidateSource], filters: list[Filter], merger: Merger,
-                 features: FeatureFetcher, metrics: ServiceMetrics, user_ids: np.ndarray) -> None:
+                 features: FeatureFetcher, metrics: ServiceMetrics, user_ids: np.ndarray,
+                 score_with: str | None = None) -> None:
         self.version = version
         self.sources = sources
         self.filters = filters
@@ -74,6 +76,8 @@ class RetrievalPipeline:
         self._t_source = [metrics.stage(f"source:{s.name}") for s in sources]
         self._t_filters = metrics.stage("filters")
         self._t_merge = metrics.stage("merge")
+        # ``score_with``: the source whose score every candidate gets (its slot index, its object)
+        self._scorer = next(((i, s) for i, s in enumerate(sources) if s.name == score_with), None)
 
     @classmethod
     def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics,
@@ -82,7 +86,8 @@ class RetrievalPipeline:
         sources = build_sources(config, bundle)
         filters = build_filters(config, bundle)
         pipeline = cls(version=bundle.version, sources=sources, filters=filters, merger=config.merger(),
-                       features=features, metrics=metrics, user_ids=ModelInputs.from_bundle(bundle).user_ids[1:])
+                       features=features, metrics=metrics, user_ids=ModelInputs.from_bundle(bundle).user_ids[1:],
+                       score_with=config.score_with)
         log.info("retrieval: bundle %s, sources %s, filters %s", bundle.version,
                  [s.name for s in sources], [f.name for f in filters])
         return pipeline
@@ -116,6 +121,8 @@ class RetrievalPipeline:
                  exclude_item_ids: np.ndarray | None = None, trace: RetrievalTrace | None = None) -> RetrievalResult:
         t0 = time.perf_counter()
         q = self.query(user_id, k, recent_item_ids, exclude_item_ids)
+        if trace is not None:
+            trace.query = q
         excluded = [f.excluded(q) for f in self.filters]
         # every source over-fetches by what the filters could remove, so that k remain after them
         extra = sum(int(e.size) for e in excluded)
@@ -142,6 +149,7 @@ class RetrievalPipeline:
         self._t_filters.observe(filter_s)
 
         merged = self.merger.merge(per_source, k)
+        scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
         self._t_merge.observe(time.perf_counter() - t1)
         for name, n in merged.taken.items():
             if n:
@@ -150,4 +158,44 @@ class RetrievalPipeline:
             trace.taken = merged.taken
             trace.seconds["filters"] = filter_s
             trace.seconds["merge"] = time.perf_counter() - t1
-        return RetrievalResult(merged.item_ids, merged.scores, merged.source_codes, self.merger.names, self.version)
+        return RetrievalResult(merged.item_ids, scores, merged.source_codes, self.merger.names, self.version)
+
+    def _rescore(self, q: Query, item_ids: np.ndarray, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Candidates of the other sources get the ``score_with`` source's score, the one the
+        ranker's ``retrieval_score`` feature was trained on (and the offline evaluation of the
+        merged list used); kept as is when that source cannot score for this user."""
+        if self._scorer is None:
+            return scores
+        slot, source = self._scorer
+        other = codes != slot
+        if not other.any():
+            return scores
+        rescored = source.score_items(q, item_ids[other])
+        if rescored is None:
+            return scores
+        out = scores.copy()
+        out[other] = rescored
+        return out
+
+
+def explain(trace: RetrievalTrace, result: RetrievalResult, *, top: int = 5, max_ids: int = 20) -> dict:
+    """A JSON-able account of one traced ``retrieve``: per source what it fetched (count, its
+    best few with scores) and contributed, per filter what it removed (count per source, the
+    first ids), the time of each stage and the user's feature rows (event time of each view)."""
+    q = trace.query
+    contributed = dict.fromkeys(result.source_names, 0) | trace.taken
+    sources = {name: {"fetched": len(c), "taken": contributed.get(name, 0),
+                      "top": [[int(i), round(float(s), 6)] for i, s in zip(c.item_ids[:top], c.scores[:top], strict=True)]}
+               for name, c in trace.sources.items()}
+    filters = {}
+    for name, per_source in trace.removed.items():
+        ids = np.unique(np.concatenate(list(per_source.values())))
+        filters[name] = {"removed": int(ids.size), "by_source": {s: int(v.size) for s, v in per_source.items()},
+                         "ids": ids[:max_ids].tolist()}
+    user = {}
+    if q is not None:
+        user = {"known": q.uid is not None and not q.user.all_missing, "recent_item_ids": q.recent[:max_ids].tolist(),
+                "seen": int(q.seen.size), "missing_features": sorted(q.user.missing),
+                "feature_rows": describe_rows(q.user.event_ts, time.time())}
+    return {"model_version": result.model_version, "sources": sources, "filters": filters,
+            "seconds": {k: round(v, 6) for k, v in trace.seconds.items()}, "user": user}

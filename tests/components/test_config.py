@@ -28,11 +28,13 @@ def write(tmp_path, text: str):
 def test_the_shipped_config_is_todays_pipeline(bundle_path):
     cfg = load_config()
     assert DEFAULT_PATH.name == "pipeline.toml"
-    assert [(s.label, s.quota, s.backfill) for s in cfg.retrieval.sources] == [("two_tower", "rest", False),
-                                                                              ("popular", None, True)]
+    assert [(s.label, s.quota, s.backfill) for s in cfg.retrieval.sources] == [
+        ("two_tower", "rest", False), ("item_to_item", None, False), ("popular", None, True)]
+    assert cfg.retrieval.sources[1].share == 0.15
+    assert cfg.retrieval.score_with == "two_tower"
     assert [f.label for f in cfg.retrieval.filters] == ["request_exclusions", "recent_items", "seen_items"]
     bundle = load_bundle(bundle_path, verify=False)
-    assert [s.name for s in build_sources(cfg.retrieval, bundle)] == ["two_tower", "popular"]
+    assert [s.name for s in build_sources(cfg.retrieval, bundle)] == ["two_tower", "item_to_item", "popular"]
     assert [f.name for f in build_filters(cfg.retrieval, bundle)] == ["request_exclusions", "recent_items", "seen_items"]
     assert build_scorer(cfg.ranking, bundle).name == "onnx_ranker"
 
@@ -51,6 +53,8 @@ def test_the_shipped_config_is_todays_pipeline(bundle_path):
     ('[retrieval]\nsources = []\n' + SCORER, "retrieval.sources: List should have at least 1 item"),
     ('[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n', "ranking: Field required"),
     ("[retrieval\n", "not valid TOML"),
+    ('[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\nscore_with = "two_tower"\n' + SCORER,
+     "score_with names no source: 'two_tower' (sources: popular)"),
 ])
 def test_schema_mistakes_name_the_setting(tmp_path, text, message):
     with pytest.raises(PipelineConfigError, match="pipeline config .*pipeline.toml: ") as info:
@@ -69,7 +73,7 @@ def test_unknown_components_and_options_are_refused_before_loading(tmp_path, bun
                                       '{ type = "trending", quota = 5 }]\n'
                                       'filters = [{ type = "in_stock" }]\n' + SCORER))
     with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\].type: unknown source 'trending' "
-                                                  r"\(known: popular, two_tower\)"):
+                                                  r"\(known: item_to_item, popular, two_tower\)"):
         build_sources(cfg.retrieval, bundle)
     with pytest.raises(PipelineConfigError, match=r"retrieval.filters\[0\].type: unknown filter 'in_stock' "
                                                   r"\(known: recent_items, request_exclusions, seen_items\)"):
@@ -86,11 +90,11 @@ def test_unknown_components_and_options_are_refused_before_loading(tmp_path, bun
 
 def test_a_component_whose_artifact_the_bundle_lacks_is_refused(tmp_path, bundle_path):
     real = load_bundle(bundle_path, verify=False)
-    files = {k: v for k, v in real.manifest["files"].items() if k != "popular_items"}
+    files = {k: v for k, v in real.manifest["files"].items() if k != "item_neighbors"}  # a bundle from before it
     lacking = dataclasses.replace(real, manifest={**real.manifest, "files": files})
     assert isinstance(lacking, Bundle)
-    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\]: popular needs bundle file\(s\) "
-                                                  r"popular_items, which bundle .* does not have"):
+    with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\]: item_to_item needs bundle file\(s\) "
+                                                  r"item_neighbors, which bundle .* does not have"):
         build_sources(load_config().retrieval, lacking)
 
 
@@ -99,3 +103,19 @@ def test_quotas_above_the_largest_k_are_refused(tmp_path):
                                       '{ type = "popular", quota = 2000 }]\n' + SCORER))
     with pytest.raises(PipelineConfigError, match=r"retrieval.sources\[1\].quota: 2000 is above RETRIEVAL_MAX_K=1000"):
         cfg.retrieval.check_quotas(1000, "RETRIEVAL_MAX_K")
+
+
+@pytest.mark.parametrize(("ladder", "message"), [
+    ('["cached", "retrieval_order"]', 'the last rung must be "popular"'),
+    ('["cached", "cached", "popular"]', "a rung appears twice"),
+    ('["stale", "popular"]', "fallback.ladder[0]: Input should be 'retrieval_order', 'cached', 'popular_ranked' or 'popular'"),
+])
+def test_fallback_ladder_mistakes_name_the_setting(tmp_path, ladder, message):
+    text = '[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n' + SCORER + f"[fallback]\nladder = {ladder}\n"
+    with pytest.raises(PipelineConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert message in str(info.value), str(info.value)
+
+
+def test_the_shipped_ladder():
+    assert load_config().fallback.ladder == ("retrieval_order", "cached", "popular_ranked", "popular")

@@ -60,3 +60,27 @@ def test_nothing_anywhere_is_an_empty_answer():
     m = Merger([Slot("tt"), Slot("pop", backfill=True)])
     out = m.merge([cands("tt", []), cands("pop", [])], 10)
     assert out.item_ids.size == 0 and out.source_codes.dtype == np.uint8
+
+
+def test_the_served_merge_is_the_evaluated_one():
+    """``models/`` evaluates the merged list with ``common.item_neighbors.merge_candidates``; the
+    served merger (two_tower rest + item_to_item quota) must produce the same list."""
+    from common.item_neighbors import merge_candidates
+
+    rng = np.random.default_rng(7)
+    m = Merger([Slot("two_tower"), Slot("item_to_item", quota=30), Slot("popular", backfill=True)])
+    for _ in range(200):
+        k = int(rng.integers(1, 120))
+        tt = rng.choice(400, size=int(rng.integers(0, 150)), replace=False)
+        i2i = rng.choice(400, size=int(rng.integers(0, 60)), replace=False)
+        served = m.merge([cands("two_tower", tt), cands("item_to_item", i2i), cands("popular", [])], k)
+        ids, src = merge_candidates(tt, i2i, k, 30)
+        assert served.item_ids.tolist() == ids.tolist()
+        assert served.source_codes.tolist() == src.tolist()
+
+
+def test_a_share_scales_with_k():
+    m = Merger([Slot("tt"), Slot("i2i", share=0.15)])
+    for k, expected in ((300, 45), (30, 4), (3, 1)):
+        out = m.merge([cands("tt", range(1000, 1400)), cands("i2i", range(1, 400))], k)
+        assert out.taken == {"tt": k - expected, "i2i": expected}, k

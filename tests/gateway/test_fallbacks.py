@@ -185,6 +185,36 @@ def test_retrieval_down_serves_popular_items_ranked(fragile, known_users, popula
     assert _poll(lambda: fragile.get(known_users[6]).json()["fallback"] is None)
 
 
+def test_retrieval_down_serves_the_users_last_good_answer_marked_cached(fragile, known_users, tmp_path):
+    """The ``cached`` rung: a user answered in full before the outage gets that answer back
+    (minus this request's exclusions), marked ``fallback="cached"``; a user without one falls to
+    the popular list; a gateway without a cache has no such rung."""
+    user = known_users[400]
+    full = fragile.get(user, k=10).json()
+    assert full["fallback"] is None
+    assert _poll(lambda: fragile.get(user, k=10).json()["cached"]), "the full answer was written"
+    ids = [i["item_id"] for i in full["items"]]
+    fragile.stack.signal("retrieval", signal.SIGSTOP)
+    try:
+        # another shape (k=5, an exclusion): the response cache has no entry for it
+        r = fragile.client.post("/recommend", json={"user_id": user, "k": 5, "exclude_item_ids": ids[:1]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["fallback"] == "cached" and body["cached"] is True, body
+        assert [i["item_id"] for i in body["items"]] == ids[1:6]
+        assert body["model_version"] == full["model_version"]
+        other = fragile.get(known_users[401], k=5).json()
+        assert other["fallback"] == "retrieval_unavailable", "no last answer: the next rung"
+        # the same user through a gateway without a response cache: no cached rung
+        with _gateway(tmp_path, fragile) as c:
+            assert c.get("/recommend", params={"user_id": user, "k": 5}).json()["fallback"] == "retrieval_unavailable"
+        m = fragile.metrics()
+        assert _counter(m, 'gateway_fallbacks_total{reason="cached"}') >= 1
+    finally:
+        fragile.stack.signal("retrieval", signal.SIGCONT)
+    assert _poll(lambda: fragile.get(known_users[402]).json()["fallback"] is None)
+
+
 def test_everything_down_serves_the_startup_popular_list(fragile, known_users, popular):
     for name in ("retrieval", "ranking"):
         fragile.stack.signal(name, signal.SIGSTOP)

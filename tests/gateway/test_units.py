@@ -325,3 +325,74 @@ def test_a_timeout_caused_by_queueing_is_not_held_against_the_dependency():
     assert full == OPEN
     get = rec.metrics.registry.get_sample_value
     assert get("gateway_dependency_errors_total", {"dependency": "ranking", "code": "DEADLINE_EXCEEDED"}) == 2
+
+
+def test_the_ladder_is_followed_in_its_configured_order():
+    """Ranking fails for a user with a last good answer: the default ladder answers in retrieval
+    order (``ranking_unavailable``); one that puts ``cached`` first serves the last answer."""
+    from common.proto.recsys.v1 import common_pb2
+    from services.gateway.pipeline import Query
+
+    candidates = common_pb2.CandidateList(item_ids=[30, 31, 32], scores=[0.3, 0.2, 0.1],
+                                          source_index=[0, 0, 0], source_names=["two_tower"])
+
+    def build(ladder):
+        import grpc
+
+        from services.gateway.catalog import Catalog
+        from services.gateway.pipeline import Recommender
+        from services.gateway.settings import GatewaySettings
+
+        channel = grpc.insecure_channel("127.0.0.1:1")
+        rec = Recommender(GatewaySettings(), retrieval_channel=channel, ranking_channel=channel,
+                          cache=InProcessCache(ttl_s=60, max_entries=100), catalog=Catalog(version="v"),
+                          metrics=GatewayMetrics(), ladder=ladder)
+        state = {"rank_ok": True}
+
+        async def retrieve(q, context, deadline, *_):
+            return candidates, "v"
+
+        async def rank(q, context, cands, deadline, *_):
+            if not state["rank_ok"]:
+                return None, None
+            return common_pb2.CandidateList(item_ids=[32, 31, 30], scores=[0.9, 0.8, 0.7]), "v"
+
+        rec._retrieve, rec._rank = retrieve, rank
+        return rec, state
+
+    async def scenario(ladder):
+        rec, state = build(ladder)
+        first = await rec.recommend(Query("u1", 3))
+        await rec.drain()  # the cache writes (fresh + last good answer)
+        state["rank_ok"] = False
+        degraded = await rec.recommend(Query("u1", 2))  # another k: no fresh entry
+        return first, degraded
+
+    first, default = asyncio.run(scenario(("retrieval_order", "cached", "popular_ranked", "popular")))
+    assert first.fallback is None and [i["item_id"] for i in first.items] == [32, 31, 30]
+    assert default.fallback == "ranking_unavailable" and [i["item_id"] for i in default.items] == [30, 31]
+    _, cached_first = asyncio.run(scenario(("cached", "retrieval_order", "popular_ranked", "popular")))
+    assert cached_first.fallback == "cached" and cached_first.cached
+    assert [i["item_id"] for i in cached_first.items] == [32, 31]
+
+
+def test_why_a_call_gave_no_answer_is_reported_for_explain():
+    import time
+
+    import grpc
+
+    rec = _recommender(breaker_window=2, breaker_min_calls=1)
+
+    async def times_out(request, timeout):
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+    async def main():
+        errors: dict[str, str] = {}
+        await rec._call("ranking", times_out, None, 0.040, time.perf_counter() + 10.0, errors)
+        first = dict(errors)
+        await rec._call("ranking", times_out, None, 0.040, time.perf_counter() + 10.0, errors)  # breaker open now
+        return first, errors
+
+    first, second = asyncio.run(main())
+    assert first == {"ranking": "DEADLINE_EXCEEDED"}
+    assert second == {"ranking": "breaker_open"}

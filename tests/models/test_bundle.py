@@ -161,3 +161,32 @@ def test_index_matches_exact_search_over_item_tower_embeddings(bundle):
     assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(served, exact_ids, strict=True)]) >= 0.99
     _, ann = build_hnsw(emb, item_ids[1:]).search(q, 100)
     assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(ann, exact_ids, strict=True)]) >= 0.95
+
+
+def test_item_neighbors_file_and_manifest_section(bundle):
+    from common.item_neighbors import ItemNeighbors
+    from models.config import BUNDLE_FILES
+
+    m = bundle.manifest
+    assert set(BUNDLE_FILES) <= set(m["files"]), "the bundle lacks a file the code writes"
+    nb = ItemNeighbors.load(bundle.path("item_neighbors"))
+    sec = m["item_to_item"]
+    assert sec["file"] == "item_neighbors" and sec["built_from"] == "train+valid interactions"
+    assert sec["items_with_neighbors"] == nb.items_with_neighbors
+    assert sec["mean_neighbors"] == pytest.approx(nb.mean_neighbors, abs=1e-3)
+    assert nb.mean_neighbors <= sec["top_n"] == m["training"]["config"]["item_to_item"]["top_n"]
+    item_ids = np.load(bundle.path("item_ids"), allow_pickle=False)
+    assert set(nb.item_ids.tolist()) | set(nb.neighbor_ids.tolist()) <= set(item_ids[1:].tolist())
+    for r in range(0, len(nb), 97):  # every row best first
+        assert np.all(np.diff(nb.scores[nb.indptr[r]:nb.indptr[r + 1]]) <= 0)
+    mg = m["metrics"]["merged"]
+    for name in ("two_tower", "two_tower+item_to_item"):
+        recalls = [mg[name][f"recall@{k}"] for k in (10, 50, 100, 200)]
+        assert 0.0 < recalls[0] <= recalls[1] <= recalls[2] <= recalls[3] < 1.0, (name, recalls)
+        assert mg[name]["users"] == 943
+    # the merge keeps two-tower's first n_candidates - quota, so the recall up to there is identical
+    if mg["quota"] <= mg["n_candidates"] - 100:
+        assert mg["two_tower+item_to_item"]["recall@100"] == mg["two_tower"]["recall@100"]
+    assert m["metrics"]["item_to_item"]["users"] == 943
+    assert 0.0 < m["metrics"]["item_to_item"]["users_with_seeds"] <= 1.0
+    assert m["metrics"]["ranked_with_item_to_item"]["users"] == 943

@@ -206,9 +206,15 @@ def test_retrieval_service_pipeline_serves_the_scale_bundle(built, offline_dir):
     assert pipeline.sources[0].name == "two_tower" and pipeline.sources[0].ntotal == N
     ids = pq.read_table(b.path("item_catalog")).column("item_id").to_numpy()
     res = pipeline.retrieve("1", 500)
-    assert res.item_ids.size == 500 and set(res.sources()) == {"two_tower"}
+    sources = np.array(res.sources())
+    assert res.item_ids.size == 500 and set(sources) == {"two_tower", "item_to_item"}
     assert np.unique(res.item_ids).size == 500 and np.isin(res.item_ids, ids).all()
     assert (res.item_ids > 1682).any(), "synthetic items must be retrievable"
-    assert np.all(np.diff(res.scores) <= 1e-6)
+    assert np.all(np.diff(res.scores[sources == "two_tower"]) <= 1e-6)
+    # item_to_item's candidates carry the two-tower score too: the IVF index reconstructs by id
+    i2i = res.item_ids[sources == "item_to_item"]
+    q = pipeline.query("1", 500)
+    np.testing.assert_allclose(res.scores[sources == "item_to_item"], pipeline.sources[0].score_items(q, i2i),
+                               rtol=1e-5)
     cold = pipeline.retrieve("not-a-user", 50)
     assert set(cold.sources()) == {"popular"}

@@ -60,7 +60,7 @@ def test_unknown_online_store_type_is_refused_in_one_line(name, services_env, tm
 @pytest.mark.parametrize(("name", "config", "message"), [
     ("retrieval", '[retrieval]\nsources = [{ type = "two_tower", quota = "rest" }, { type = "nearest_shop", quota = 5 }]\n'
                   '[ranking]\nscorer = { type = "onnx_ranker" }\n',
-     "retrieval.sources[1].type: unknown source 'nearest_shop' (known: popular, two_tower)"),
+     "retrieval.sources[1].type: unknown source 'nearest_shop' (known: item_to_item, popular, two_tower)"),
     ("retrieval", '[retrieval]\nsources = [{ type = "two_tower", quota = 5000 }]\n[ranking]\nscorer = { type = "onnx_ranker" }\n',
      "retrieval.sources[0].quota: 5000 is above RETRIEVAL_MAX_K=1000, the largest k a request may ask for"),
     ("ranking", '[retrieval]\nsources = [{ type = "popular", quota = "rest" }]\n[ranking]\nscorer = { type = "gbdt" }\n',

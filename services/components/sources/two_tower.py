@@ -50,6 +50,7 @@ class TwoTowerSource(CandidateSource):
                     log.debug("index %s ignores %s", type(index).__name__, param)
         self.index = index
         self.ntotal = int(index.ntotal)
+        self._can_reconstruct = _enable_reconstruct(index)
         self.inputs = ModelInputs.from_bundle(bundle)
         self.session = cpu_session(bundle.path("user_tower"))  # one thread: see common.onnx
         self._n_recent = self.inputs.n_recent
@@ -60,8 +61,20 @@ class TwoTowerSource(CandidateSource):
         return row > 0 or query.recent.size > 0 or not query.user.all_missing
 
     def embed(self, query: Query) -> np.ndarray:
-        feed = self.inputs.user_tower_feed(query.uid, query.user.values, query.recent[: self._n_recent])
-        return self.session.run([USER_EMBEDDING], feed)[0]
+        """The query embedding [1, d], computed once per request (kept in ``query.scratch``)."""
+        emb = query.scratch.get(self.name)
+        if emb is None:
+            feed = self.inputs.user_tower_feed(query.uid, query.user.values, query.recent[: self._n_recent])
+            emb = query.scratch[self.name] = self.session.run([USER_EMBEDDING], feed)[0]
+        return emb
+
+    def score_items(self, query: Query, item_ids: np.ndarray) -> np.ndarray | None:
+        """The inner product of the query with each item's stored vector: what the ranker's
+        ``retrieval_score`` feature was trained on, whatever source proposed the item."""
+        if not self._can_reconstruct or item_ids.size == 0 or not self.has_signal(query):
+            return None
+        vectors = self.index.reconstruct_batch(np.ascontiguousarray(item_ids, np.int64))
+        return (vectors @ self.embed(query)[0]).astype(np.float32, copy=False)
 
     def fetch(self, query: Query, n: int) -> Candidates:
         if n <= 0 or not self.has_signal(query):
@@ -78,6 +91,27 @@ class TwoTowerSource(CandidateSource):
         ids, scores = ids[0], scores[0]
         found = ids >= 0  # FAISS pads with -1 when it finds fewer than asked
         return Candidates(ids[found], scores[found].astype(np.float32, copy=False), self.name)
+
+
+def _enable_reconstruct(index) -> bool:
+    """Can the index return an item's vector by id? IDMap2 can; an IVF index needs its direct
+    map (a hash table from id to list position, ~16 bytes per item)."""
+    import faiss
+
+    if index.ntotal == 0:
+        return False
+    probe = np.array([faiss.vector_to_array(index.id_map)[0]] if hasattr(index, "id_map") else [], np.int64)
+    try:
+        if probe.size:
+            index.reconstruct_batch(probe)
+            return True
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            return False
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return True
+    except RuntimeError:
+        return False
 
 
 COMPONENT = TwoTowerSource

@@ -1,0 +1,85 @@
+"""``GET/POST /debug/explain``: the answer to a /recommend request plus how it was made.
+
+Admin only: ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``, compared in constant time
+(``hmac.compare_digest``: the time taken does not tell how much of a guess was right). Without
+a configured token the endpoint does not exist (404), so a deployment that never set one exposes
+nothing; a missing or wrong token is 401. The request is answered by the same recommender as
+/recommend, with ``explain`` switched on: the pipeline runs in full (cache status is reported,
+not used), retrieval and ranking return their account of it, and nothing is cached. A plain
+/recommend collects none of this.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import FastAPI, Request
+from fastapi import Query as Q
+
+from services.gateway.deps import Runtime, RuntimeDep
+from services.gateway.pipeline import Query
+from services.gateway.responses import JSONBytes, error
+from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest, RequestContext
+
+RESPONSES = {
+    401: {"description": "Missing or wrong `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>`."},
+    404: {"description": "Disabled: no GATEWAY_ADMIN_TOKEN is configured."},
+    422: {"description": "Invalid request (the same rules as /recommend)."},
+}
+
+
+def _refused(request: Request, runtime: Runtime):
+    """None when the caller may explain, else the 404 / 401 response."""
+    token = runtime.settings.admin_token
+    if token is None:
+        return error(404, "not found")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        response = error(401, "admin endpoint: send Authorization: Bearer <GATEWAY_ADMIN_TOKEN>")
+        response.headers["www-authenticate"] = "Bearer"
+        return response
+    return None
+
+
+async def _explain(q: Query, runtime: Runtime):
+    explain: dict = {}
+    t = time.perf_counter()
+    result = await runtime.recommender.recommend(q, explain=explain)
+    catalog = runtime.catalog
+    explain["gateway"] = {"bundle": catalog.version or None, "bundle_error": catalog.error,
+                          "ladder": list(runtime.recommender.ladder),
+                          "seconds": round(time.perf_counter() - t, 6)}
+    answer = {"user_id": q.user_id, "items": result.items, "model_version": result.model_version,
+              "fallback": result.fallback, "cached": result.cached}
+    return JSONBytes({"answer": answer, "explain": explain})
+
+
+async def explain_get(
+    request: Request,
+    runtime: RuntimeDep,
+    user_id: Annotated[str, Q(min_length=1, max_length=USER_ID_MAX, description="MovieLens user id")],
+    k: Annotated[int, Q(ge=1, le=K_MAX, description="Number of items")] = 10,
+):
+    if (refused := _refused(request, runtime)) is not None:
+        return refused
+    return await _explain(Query(user_id=user_id, k=k), runtime)
+
+
+async def explain_post(request: Request, body: RecommendRequest, runtime: RuntimeDep):
+    if (refused := _refused(request, runtime)) is not None:
+        return refused
+    ctx = body.context or RequestContext()
+    return await _explain(Query(
+        user_id=body.user_id, k=body.k, recent_item_ids=tuple(ctx.recent_item_ids),
+        attributes=tuple(sorted(ctx.attributes.items())), exclude_item_ids=tuple(body.exclude_item_ids),
+    ), runtime)
+
+
+def register(app: FastAPI) -> None:
+    app.add_api_route("/debug/explain", explain_get, methods=["GET"], responses=RESPONSES,
+                      summary="Admin: the answer for a user, and how it was made")
+    app.add_api_route("/debug/explain", explain_post, methods=["POST"], responses=RESPONSES,
+                      summary="Admin: the answer for a /recommend body, and how it was made")
