@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+import orjson
 
 from common.proto.recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from services.ranking.pipeline import RankingPipeline, RankResult
@@ -21,6 +22,9 @@ from services.validation import (
 )
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+# explain: the scorer's inputs of the best 120 candidates (the gateway returns at most 100, after
+# dropping excluded ones; 120 rows x 50 features is ~100 KB of JSON)
+EXPLAIN_TOP = 120
 
 
 def validate(request: ranking_pb2.RankRequest, settings: RankingSettings) -> str | None:
@@ -72,7 +76,11 @@ def rank(pipeline: RankingPipeline, settings: RankingSettings,
     if not np.isfinite(scores).all():
         raise InvalidRequest("candidate scores must be finite numbers")
     # CPU-bound (~1-2 ms) without awaits on purpose; scale out with processes/replicas.
-    return to_response(pipeline.rank(request.user_id, item_ids, scores))
+    result = pipeline.rank(request.user_id, item_ids, scores, explain_top=EXPLAIN_TOP if request.explain else 0)
+    response = to_response(result)
+    if result.explain is not None:
+        response.explain_json = orjson.dumps(result.explain).decode()
+    return response
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):

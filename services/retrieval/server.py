@@ -7,9 +7,10 @@ import logging
 
 import grpc
 import numpy as np
+import orjson
 
 from common.proto.recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult
+from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult, RetrievalTrace, explain
 from services.retrieval.settings import RetrievalSettings
 from services.validation import (
     InvalidRequest,
@@ -69,13 +70,18 @@ def retrieve(pipeline: RetrievalPipeline, settings: RetrievalSettings,
     check(validate(request, settings))
     # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
     # saves on 1-2 cores; scale out with processes/replicas.
+    trace = RetrievalTrace() if request.explain else None  # nothing is collected unless asked
     result = pipeline.retrieve(
         request.user_id,
         request.k,
         recent_item_ids=np.fromiter(request.context.recent_item_ids, np.int64),
         exclude_item_ids=np.fromiter(request.exclude_item_ids, np.int64),
+        trace=trace,
     )
-    return to_response(result)
+    response = to_response(result)
+    if trace is not None:
+        response.explain_json = orjson.dumps(explain(trace, result)).decode()
+    return response
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):

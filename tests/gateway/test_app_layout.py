@@ -21,7 +21,9 @@ def _get(app, method: str, path: str, **kw) -> httpx.Response:
 
 def test_openapi_documents_every_route_and_status():
     paths = create_app(GatewaySettings()).openapi()["paths"]
-    assert set(paths) == {"/recommend", "/healthz", "/readyz"}  # /metrics is not part of the API
+    assert set(paths) == {"/recommend", "/debug/explain", "/healthz", "/readyz"}  # /metrics is not part of the API
+    for op in paths["/debug/explain"].values():  # admin: every refusal documented
+        assert {"200", "401", "404", "422"} <= set(op["responses"])
     assert set(paths["/recommend"]) == {"get", "post"}
     for op in paths["/recommend"].values():
         assert set(op["responses"]) == {"200", "422"}

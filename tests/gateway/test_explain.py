@@ -38,7 +38,7 @@ def test_disabled_without_a_configured_token(stack, known_users):
     assert r.status_code == 404, r.text
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong-token-of-some-length", f"Basic {TOKEN}", TOKEN, "Bearer "])
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token-of-some-length", f"Basic {TOKEN}", TOKEN, "Bearer", f"Bearer {TOKEN}x"])
 def test_a_missing_or_wrong_token_is_401(admin, known_users, header):
     headers = {} if header is None else {"authorization": header}
     r = admin.get("/debug/explain", params={"user_id": known_users[0]}, headers=headers)
@@ -85,7 +85,9 @@ def test_a_cold_start_shows_the_popular_backfill(admin):
                   headers={"authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200
     sources = r.json()["explain"]["retrieval"]["sources"]
-    assert sources["popular"]["taken"] == 3 and sources["two_tower"]["fetched"] == 0
+    # the gateway asks retrieval for GATEWAY_NUM_CANDIDATES (300) and ranks them; 3 are returned
+    assert sources["two_tower"]["fetched"] == 0 and sources["item_to_item"]["fetched"] == 0
+    assert sources["popular"]["taken"] == 300 and len(r.json()["answer"]["items"]) == 3
 
 
 def test_a_placeholder_token_is_refused_outside_dev(tmp_path):

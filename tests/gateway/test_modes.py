@@ -172,7 +172,7 @@ class FakeRetrieval:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
 
-    def retrieve(self, user_id, k, recent_item_ids=None, exclude_item_ids=None):
+    def retrieve(self, user_id, k, recent_item_ids=None, exclude_item_ids=None, trace=None):
         from services.retrieval.pipeline import RetrievalResult
 
         if self.fail:
@@ -186,7 +186,7 @@ class FakeRanking:
     def __init__(self, fail: bool = False, sleep_s: float = 0.0) -> None:
         self.fail, self.sleep_s = fail, sleep_s
 
-    def rank(self, user_id, item_ids, retrieval_scores):
+    def rank(self, user_id, item_ids, retrieval_scores, explain_top=0):
         from services.ranking.pipeline import RankResult
 
         if self.fail:

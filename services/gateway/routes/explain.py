@@ -48,6 +48,10 @@ async def _explain(q: Query, runtime: Runtime):
     explain: dict = {}
     t = time.perf_counter()
     result = await runtime.recommender.recommend(q, explain=explain)
+    ranking = explain.get("ranking")
+    if ranking:  # the scorer's inputs of the returned items only
+        shown = {str(i["item_id"]) for i in result.items}
+        ranking["items"] = {i: row for i, row in ranking["items"].items() if i in shown}
     catalog = runtime.catalog
     explain["gateway"] = {"bundle": catalog.version or None, "bundle_error": catalog.error,
                           "ladder": list(runtime.recommender.ladder),
