@@ -221,7 +221,7 @@ def _running_stack():
 
 def run(args: argparse.Namespace) -> dict:
     from common.settings import ArtifactSettings
-    from deploy.local import Ports, Stack, free_port, materialize, start_redis, start_services, wait_ready
+    from deploy.local import Ports, Stack, free_port, start_services, wait_ready
 
     users = _users(ArtifactSettings().artifacts_dir)
     rng = random.Random(7)
@@ -234,11 +234,7 @@ def run(args: argparse.Namespace) -> dict:
             retrieval_addr, ranking_addr, redis_url = running.retrieval_addr, running.ranking_addr, running.redis_url
             print(f"using the running stack's retrieval {retrieval_addr}, ranking {ranking_addr}, redis {redis_url}")
         else:
-            redis_url = None
-            if shutil.which("redis-server"):
-                redis_url = start_redis(stack)
-                print(f"private redis {redis_url}: materialising features…", flush=True)
-                materialize(redis_url, stack.log_path("materialize"))
+            redis_url = _private_redis(stack)
             ports = Ports.free()
             print(f"starting a private stack (logs in {workdir})…", flush=True)
             start_services(stack, ports, redis_url, gateway_env={"GATEWAY_CACHE_TTL_S": "0"})
@@ -271,18 +267,8 @@ def run(args: argparse.Namespace) -> dict:
         stack.stop("gateway-cache")
 
         # 32 connections against the cache-less gateway: saturation (closed loop) ...
-        before, fb_before = scrape_stages(host, nocache), _fallbacks(host, nocache)
+        load, stages, fallbacks, fallback_rate = _closed_loop(host, nocache, users, args, workdir)
         url = f"http://{host}:{nocache}"
-        if shutil.which("wrk") and not args.no_wrk:
-            load = run_wrk(url, users, args.connections, args.duration, workdir)
-        else:
-            load = run_loadgen(url, users, args.connections, args.duration, workdir)
-        stages = stage_breakdown(before, scrape_stages(host, nocache))
-        fb_after = _fallbacks(host, nocache)
-        fallbacks = {r: v - fb_before.get(r, 0.0) for r, v in fb_after.items() if v - fb_before.get(r, 0.0) > 0}
-        answered = stages.get("total", {}).get("count", 0)
-        # a fallback answer is a 200 but not the product: throughput counts full answers only
-        fallback_rate = sum(fallbacks.values()) / answered if answered else 1.0
         # ... then the latency at the target rate (open loop, due-time latencies)
         at_rate = run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate)
 
@@ -312,17 +298,38 @@ def run(args: argparse.Namespace) -> dict:
 MODE_TARGETS = {"rps_c32_ratio": (">=", 1.5), "inprocess_p50_ms": ("<=", 2.0)}  # inprocess vs grpc
 
 
-def _saturation(host: str, port: int, users: list[str], args: argparse.Namespace, workdir: Path) -> dict:
-    """Closed-loop 32-connection run; throughput of full answers (fallbacks counted apart)."""
+def _private_redis(stack) -> str | None:
+    """A private redis-server with the bundle's features materialised (None: none on PATH, the
+    services then read the embedded SQLite store)."""
+    from deploy.local import materialize, start_redis
+
+    if not shutil.which("redis-server"):
+        return None
+    redis_url = start_redis(stack)
+    print(f"private redis {redis_url}: materialising features…", flush=True)
+    materialize(redis_url, stack.log_path("materialize"))
+    return redis_url
+
+
+def _closed_loop(host: str, port: int, users: list[str], args: argparse.Namespace, workdir: Path):
+    """Closed-loop 32-connection run: (load, stage breakdown, fallbacks by reason, fallback rate)."""
     before, fb_before = scrape_stages(host, port), _fallbacks(host, port)
     url = f"http://{host}:{port}"
     if shutil.which("wrk") and not args.no_wrk:
         load = run_wrk(url, users, args.connections, args.duration, workdir)
     else:
         load = run_loadgen(url, users, args.connections, args.duration, workdir)
-    answered = stage_breakdown(before, scrape_stages(host, port)).get("total", {}).get("count", 0)
-    fallbacks = sum(v - fb_before.get(r, 0.0) for r, v in _fallbacks(host, port).items())
-    fallback_rate = fallbacks / answered if answered else 1.0
+    stages = stage_breakdown(before, scrape_stages(host, port))
+    fallbacks = {r: v - fb_before.get(r, 0.0) for r, v in _fallbacks(host, port).items() if v - fb_before.get(r, 0.0) > 0}
+    answered = stages.get("total", {}).get("count", 0)
+    # a fallback answer is a 200 but not the product: throughput counts full answers only
+    fallback_rate = sum(fallbacks.values()) / answered if answered else 1.0
+    return load, stages, fallbacks, fallback_rate
+
+
+def _saturation(host: str, port: int, users: list[str], args: argparse.Namespace, workdir: Path) -> dict:
+    """Closed-loop 32-connection run; throughput of full answers (fallbacks counted apart)."""
+    load, _, _, fallback_rate = _closed_loop(host, port, users, args, workdir)
     return {"rps_c32": load["rps"] * (1.0 - fallback_rate), "rps_c32_all_answers": load["rps"],
             "fallback_rate_c32": fallback_rate, "error_rate_c32": load["error_rate"],
             "p50_ms_c32_saturated": load["p50_ms"], "p99_ms_c32_saturated": load["p99_ms"],
@@ -331,7 +338,7 @@ def _saturation(host: str, port: int, users: list[str], args: argparse.Namespace
 
 def run_modes(args: argparse.Namespace) -> dict:
     from common.settings import ArtifactSettings
-    from deploy.local import Ports, Stack, materialize, start_redis, start_services
+    from deploy.local import Ports, Stack, start_services
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - {"grpc", "inprocess"})
@@ -345,11 +352,7 @@ def run_modes(args: argparse.Namespace) -> dict:
     result: dict = {"modes": {}, "users": len(users), "k": 10, "cpu_count": os.cpu_count(),
                     "loadavg_1m_at_start": os.getloadavg()[0]}
     try:
-        redis_url = None
-        if shutil.which("redis-server"):
-            redis_url = start_redis(stack)
-            print(f"private redis {redis_url}: materialising features…", flush=True)
-            materialize(redis_url, stack.log_path("materialize"))
+        redis_url = _private_redis(stack)
         for mode in modes:
             ports = Ports.free()
             print(f"{mode}: starting a private stack (logs in {workdir})…", flush=True)

@@ -9,26 +9,14 @@ the ``type`` the pipeline config names (``services/pipeline.toml``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 
-from common.bundle import Bundle
+from services.components.component import Component
 from services.components.types import Candidates, Query
 
 
-class CandidateSource(ABC):
-    #: Bundle files the source cannot work without (checked before ``load_artifacts``).
-    artifacts: tuple[str, ...] = ()
-
-    def __init__(self, name: str, **options: Any) -> None:
-        if options:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(options))}")
-        self.name = name
-
-    def load_artifacts(self, bundle: Bundle) -> None:  # noqa: B027 - optional: not every component has artifacts
-        """Load what the source needs from the bundle (once, before serving)."""
-
+class CandidateSource(Component, ABC):
     @abstractmethod
     def fetch(self, query: Query, n: int) -> Candidates:
         """At most ``n`` candidates for ``query``, best first, ``source`` = this source's name."""

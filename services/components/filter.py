@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from common.bundle import Bundle
+from services.components.component import Component
 from services.components.types import Candidates, Query
 
 
@@ -25,17 +24,7 @@ class Filtered:
     reason: str  # the filter's name
 
 
-class Filter(ABC):
-    artifacts: tuple[str, ...] = ()
-
-    def __init__(self, name: str, **options: Any) -> None:
-        if options:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(options))}")
-        self.name = name
-
-    def load_artifacts(self, bundle: Bundle) -> None:  # noqa: B027 - optional: not every component has artifacts
-        """Load what the filter needs from the bundle (once, before serving)."""
-
+class Filter(Component, ABC):
     @abstractmethod
     def excluded(self, query: Query) -> np.ndarray:
         """The item ids this filter removes for ``query`` (int64; duplicates allowed)."""

@@ -17,11 +17,13 @@ from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi import Query as Q
+from fastapi.responses import Response
 
 from services.gateway.deps import Runtime, RuntimeDep
 from services.gateway.pipeline import Query
 from services.gateway.responses import JSONBytes, error
-from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest, RequestContext
+from services.gateway.routes.recommend import query_from_body
+from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest
 
 RESPONSES = {
     401: {"description": "Missing or wrong `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>`."},
@@ -75,11 +77,8 @@ async def explain_get(
 async def explain_post(request: Request, body: RecommendRequest, runtime: RuntimeDep):
     if (refused := _refused(request, runtime)) is not None:
         return refused
-    ctx = body.context or RequestContext()
-    return await _explain(Query(
-        user_id=body.user_id, k=body.k, recent_item_ids=tuple(ctx.recent_item_ids),
-        attributes=tuple(sorted(ctx.attributes.items())), exclude_item_ids=tuple(body.exclude_item_ids),
-    ), runtime)
+    q = query_from_body(body, runtime)
+    return q if isinstance(q, Response) else await _explain(q, runtime)
 
 
 def register(app: FastAPI) -> None:

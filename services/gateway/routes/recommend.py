@@ -47,16 +47,23 @@ async def recommend_get(
     return await serve(Query(user_id=user_id, k=k), runtime)
 
 
-async def recommend_post(body: RecommendRequest, runtime: RuntimeDep):
+def query_from_body(body: RecommendRequest, runtime: Runtime) -> Query | Response:
+    """The POST body as a :class:`Query`, or the 422 for more exclusions than GATEWAY_MAX_EXCLUDE_IDS
+    (shared by /recommend and /debug/explain)."""
     limit = runtime.settings.max_exclude_ids
     if len(body.exclude_item_ids) > limit:
         runtime.metrics.requests.labels(code="422").inc()
         return error(422, "invalid request", [f"body.exclude_item_ids: at most {limit} ids are accepted"])
     ctx = body.context or RequestContext()
-    return await serve(Query(
+    return Query(
         user_id=body.user_id, k=body.k, recent_item_ids=tuple(ctx.recent_item_ids),
         attributes=tuple(sorted(ctx.attributes.items())), exclude_item_ids=tuple(body.exclude_item_ids),
-    ), runtime)
+    )
+
+
+async def recommend_post(body: RecommendRequest, runtime: RuntimeDep):
+    q = query_from_body(body, runtime)
+    return q if isinstance(q, Response) else await serve(q, runtime)
 
 
 def register(app: FastAPI) -> None:
