@@ -17,6 +17,7 @@ from common.bundle import Bundle
 from common.grpc_server import ServiceMetrics
 from services.components.config import RankingConfig, build_scorer, load_config
 from services.components.scorer import Scorer
+from services.components.tracing import component_tracer, span
 from services.features import FeatureFetcher, describe_rows, parse_user_id
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class RankingPipeline:
         self._t_features = metrics.stage("features")
         self._t_score = metrics.stage("score")
         self._t_select = metrics.stage("select")
+        self._tracer = component_tracer()  # None unless tracing is on
 
     @classmethod
     def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics,
@@ -75,7 +77,8 @@ class RankingPipeline:
         items = self.features.items(item_ids)
         t1 = time.perf_counter()
         self._t_features.observe(t1 - t0)
-        scores = self.scorer.score(user, items, retrieval_scores)
+        with span(self._tracer, f"scorer {self.scorer.name}", component=self.scorer.name, candidates=int(item_ids.size)):
+            scores = self.scorer.score(user, items, retrieval_scores)
         t2 = time.perf_counter()
         self._t_score.observe(t2 - t1)
         order = np.argsort(-scores, kind="stable")

@@ -25,6 +25,7 @@ from services.components.candidate_source import CandidateSource
 from services.components.config import RetrievalConfig, build_filters, build_sources, load_config
 from services.components.filter import Filter
 from services.components.merger import Merger
+from services.components.tracing import component_tracer, span
 from services.components.types import Candidates, Query
 from services.features import FeatureFetcher, describe_rows, parse_user_id
 
@@ -76,6 +77,7 @@ class RetrievalPipeline:
         self._t_source = [metrics.stage(f"source:{s.name}") for s in sources]
         self._t_filters = metrics.stage("filters")
         self._t_merge = metrics.stage("merge")
+        self._tracer = component_tracer()  # None unless tracing is on
         # ``score_with``: the source whose score every candidate gets (its slot index, its object)
         self._scorer = next(((i, s) for i, s in enumerate(sources) if s.name == score_with), None)
 
@@ -132,24 +134,30 @@ class RetrievalPipeline:
         per_source: list[Candidates] = []
         filter_s = 0.0
         for source, n, timer in zip(self.sources, self.merger.wanted(k), self._t_source, strict=True):
-            cands = source.fetch(q, n + extra)
-            t2 = time.perf_counter()
-            timer.observe(t2 - t1)
-            if trace is not None:
-                trace.sources[source.name] = cands
-                trace.seconds[f"source:{source.name}"] = t2 - t1
-            for f, ids in zip(self.filters, excluded, strict=True):
-                out = f.apply(q, cands, ids)
-                cands = out.kept
-                if trace is not None and out.removed.size:
-                    trace.removed.setdefault(f.name, {})[source.name] = out.removed
+            with span(self._tracer, f"source {source.name}", component=source.name) as sp:
+                cands = source.fetch(q, n + extra)
+                t2 = time.perf_counter()
+                timer.observe(t2 - t1)
+                if trace is not None:
+                    trace.sources[source.name] = cands
+                    trace.seconds[f"source:{source.name}"] = t2 - t1
+                fetched = len(cands)
+                for f, ids in zip(self.filters, excluded, strict=True):
+                    out = f.apply(q, cands, ids)
+                    cands = out.kept
+                    if trace is not None and out.removed.size:
+                        trace.removed.setdefault(f.name, {})[source.name] = out.removed
+                if sp is not None:
+                    sp.set_attribute("recsys.fetched", fetched)
+                    sp.set_attribute("recsys.kept", len(cands))
             per_source.append(cands)
             t1 = time.perf_counter()
             filter_s += t1 - t2
         self._t_filters.observe(filter_s)
 
-        merged = self.merger.merge(per_source, k)
-        scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
+        with span(self._tracer, "merge", component="merge"):
+            merged = self.merger.merge(per_source, k)
+            scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
         self._t_merge.observe(time.perf_counter() - t1)
         for name, n in merged.taken.items():
             if n:

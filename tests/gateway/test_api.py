@@ -148,9 +148,21 @@ def test_one_trace_spans_gateway_retrieval_and_ranking(stack, collector, known_u
         return [s for s in spans if s["service"] == svc and s["parent_span_id"] in by_id
                 and by_id[s["parent_span_id"]]["service"] == "gateway"]
 
+    components = {("retrieval", "source two_tower"), ("retrieval", "source item_to_item"),
+                  ("retrieval", "source popular"), ("retrieval", "merge"), ("ranking", "scorer onnx_ranker")}
+
+    def complete(spans: list[dict]) -> bool:
+        return (all(children_of_gateway(spans, svc) for svc in ("retrieval", "ranking"))
+                and components <= {(s["service"], s["name"]) for s in spans})
+
     # the gateway's client spans (the parents) may arrive after the services' server spans
-    spans = collector.wait_for(trace_id, lambda spans: all(children_of_gateway(spans, svc)
-                                                           for svc in ("retrieval", "ranking")))
+    spans = collector.wait_for(trace_id, complete)
     assert {"gateway", "retrieval", "ranking"} <= {s["service"] for s in spans}, spans
     for svc in ("retrieval", "ranking"):
         assert children_of_gateway(spans, svc), f"{svc} spans are not children of a gateway span of this trace: {spans}"
+    # every component has a span of its own, inside its service's server span
+    by_id = {s["span_id"]: s for s in spans}
+    for svc, name in components:
+        mine = [s for s in spans if s["service"] == svc and s["name"] == name]
+        assert mine, f"no span {name!r} from {svc}: {sorted((s['service'], s['name']) for s in spans)}"
+        assert by_id[mine[0]["parent_span_id"]]["service"] == svc
