@@ -25,6 +25,10 @@ class Filtered:
 
 
 class Filter(Component, ABC):
+    #: The filter removes exactly ``excluded(query)`` (the default ``apply``). The pipeline may
+    #: then run several such filters as one set when no one asks what each removed; a filter
+    #: that overrides ``apply`` with another rule must set this to False.
+    by_exclusion: bool = True
     @abstractmethod
     def excluded(self, query: Query) -> np.ndarray:
         """The item ids this filter removes for ``query`` (int64; duplicates allowed)."""

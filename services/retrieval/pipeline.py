@@ -78,6 +78,10 @@ class RetrievalPipeline:
         self._t_filters = metrics.stage("filters")
         self._t_merge = metrics.stage("merge")
         self._tracer = component_tracer()  # None unless tracing is on
+        slots = merger.slots
+        self._primaries = [i for i, slot in enumerate(slots) if not slot.backfill]
+        self._backfills = [i for i, slot in enumerate(slots) if slot.backfill]
+        self._all_by_exclusion = all(f.by_exclusion for f in filters)
         # ``score_with``: the source whose score every candidate gets (its slot index, its object)
         self._scorer = next(((i, s) for i, s in enumerate(sources) if s.name == score_with), None)
 
@@ -128,36 +132,57 @@ class RetrievalPipeline:
         excluded = [f.excluded(q) for f in self.filters]
         # every source over-fetches by what the filters could remove, so that k remain after them
         extra = sum(int(e.size) for e in excluded)
+        # Without a trace, exclusion filters run as one set: the kept candidates are the same,
+        # and one np.isin per source instead of one per filter and source saves ~0.1 ms a request.
+        union = None
+        if trace is None and self._all_by_exclusion:
+            union = excluded[0] if len(excluded) == 1 else np.concatenate(excluded) if excluded else _NO_IDS
         t1 = time.perf_counter()
         self._t_features.observe(t1 - t0)
 
-        per_source: list[Candidates] = []
+        wanted = self.merger.wanted(k)
+        per_source = [Candidates.empty(s.name) for s in self.sources]
         filter_s = 0.0
-        for source, n, timer in zip(self.sources, self.merger.wanted(k), self._t_source, strict=True):
-            with span(self._tracer, f"source {source.name}", component=source.name) as sp:
-                cands = source.fetch(q, n + extra)
-                t2 = time.perf_counter()
-                timer.observe(t2 - t1)
-                if trace is not None:
-                    trace.sources[source.name] = cands
-                    trace.seconds[f"source:{source.name}"] = t2 - t1
-                fetched = len(cands)
-                for f, ids in zip(self.filters, excluded, strict=True):
-                    out = f.apply(q, cands, ids)
-                    cands = out.kept
-                    if trace is not None and out.removed.size:
-                        trace.removed.setdefault(f.name, {})[source.name] = out.removed
-                if sp is not None:
-                    sp.set_attribute("recsys.fetched", fetched)
-                    sp.set_attribute("recsys.kept", len(cands))
-            per_source.append(cands)
-            t1 = time.perf_counter()
-            filter_s += t1 - t2
+        # backfill sources are asked only when the primary ones fall short of k (cold, thin users)
+        merged = None
+        for backfill in (False, True):
+            if backfill:
+                with span(self._tracer, "merge", component="merge"):
+                    merged = self.merger.merge(per_source, k)
+                if len(merged.item_ids) >= k or not self._backfills:
+                    break
+                merged = None
+            for i in self._backfills if backfill else self._primaries:
+                source = self.sources[i]
+                with span(self._tracer, f"source {source.name}", component=source.name) as sp:
+                    cands = source.fetch(q, wanted[i] + extra)
+                    t2 = time.perf_counter()
+                    self._t_source[i].observe(t2 - t1)
+                    fetched = len(cands)
+                    if trace is not None:
+                        trace.sources[source.name] = cands
+                        trace.seconds[f"source:{source.name}"] = t2 - t1
+                    if union is not None:
+                        if union.size and fetched:
+                            cands = cands.select(~np.isin(cands.item_ids, union))
+                    else:
+                        for f, ids in zip(self.filters, excluded, strict=True):
+                            out = f.apply(q, cands, ids)
+                            cands = out.kept
+                            if trace is not None and out.removed.size:
+                                trace.removed.setdefault(f.name, {})[source.name] = out.removed
+                    if sp is not None:
+                        sp.set_attribute("recsys.fetched", fetched)
+                        sp.set_attribute("recsys.kept", len(cands))
+                per_source[i] = cands
+                t1 = time.perf_counter()
+                filter_s += t1 - t2
         self._t_filters.observe(filter_s)
 
-        with span(self._tracer, "merge", component="merge"):
-            merged = self.merger.merge(per_source, k)
-            scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
+        if merged is None:  # the backfill sources were asked: merge again with them
+            with span(self._tracer, "merge", component="merge"):
+                merged = self.merger.merge(per_source, k)
+        scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
         self._t_merge.observe(time.perf_counter() - t1)
         for name, n in merged.taken.items():
             if n:
