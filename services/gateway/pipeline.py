@@ -59,10 +59,7 @@ DEPENDENCY_FAILURES = frozenset({
 })
 MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback at once
 
-RANKING_UNAVAILABLE = "ranking_unavailable"
-RETRIEVAL_UNAVAILABLE = "retrieval_unavailable"
-ALL_UNAVAILABLE = "all_unavailable"
-CACHED = "cached"
+CACHED = RUNGS["cached"]  # the response's fallback when the user's last good answer is served
 POPULAR_FALLBACK_SOURCE = "popular_fallback"  # source name of the popular-list candidates
 
 

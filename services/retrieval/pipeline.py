@@ -140,58 +140,67 @@ class RetrievalPipeline:
         t1 = time.perf_counter()
         self._t_features.observe(t1 - t0)
 
-        wanted = self.merger.wanted(k)
+        n = [w + extra for w in self.merger.wanted(k)]
         per_source = [Candidates.empty(s.name) for s in self.sources]
-        filter_s = 0.0
+        filter_s = merge_s = 0.0
+        for i in self._primaries:
+            per_source[i], seconds = self._fetch(i, q, n[i], excluded, union, trace)
+            filter_s += seconds
+        t1 = time.perf_counter()
+        merged = self._merge(per_source, k)
+        merge_s += time.perf_counter() - t1
         # backfill sources are asked only when the primary ones fall short of k (cold, thin users)
-        merged = None
-        for backfill in (False, True):
-            if backfill:
-                with span(self._tracer, "merge", component="merge"):
-                    merged = self.merger.merge(per_source, k)
-                if len(merged.item_ids) >= k or not self._backfills:
-                    break
-                merged = None
-            for i in self._backfills if backfill else self._primaries:
-                source = self.sources[i]
-                with span(self._tracer, f"source {source.name}", component=source.name) as sp:
-                    cands = source.fetch(q, wanted[i] + extra)
-                    t2 = time.perf_counter()
-                    self._t_source[i].observe(t2 - t1)
-                    fetched = len(cands)
-                    if trace is not None:
-                        trace.sources[source.name] = cands
-                        trace.seconds[f"source:{source.name}"] = t2 - t1
-                    if union is not None:
-                        if union.size and fetched:
-                            cands = cands.select(~np.isin(cands.item_ids, union))
-                    else:
-                        for f, ids in zip(self.filters, excluded, strict=True):
-                            out = f.apply(q, cands, ids)
-                            cands = out.kept
-                            if trace is not None and out.removed.size:
-                                trace.removed.setdefault(f.name, {})[source.name] = out.removed
-                    if sp is not None:
-                        sp.set_attribute("recsys.fetched", fetched)
-                        sp.set_attribute("recsys.kept", len(cands))
-                per_source[i] = cands
-                t1 = time.perf_counter()
-                filter_s += t1 - t2
-        self._t_filters.observe(filter_s)
-
-        if merged is None:  # the backfill sources were asked: merge again with them
-            with span(self._tracer, "merge", component="merge"):
-                merged = self.merger.merge(per_source, k)
+        if len(merged.item_ids) < k and self._backfills:
+            for i in self._backfills:
+                per_source[i], seconds = self._fetch(i, q, n[i], excluded, union, trace)
+                filter_s += seconds
+            t1 = time.perf_counter()
+            merged = self._merge(per_source, k)
+            merge_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
         scores = self._rescore(q, merged.item_ids, merged.scores, merged.source_codes)
-        self._t_merge.observe(time.perf_counter() - t1)
+        merge_s += time.perf_counter() - t1
+        self._t_filters.observe(filter_s)
+        self._t_merge.observe(merge_s)
         for name, n in merged.taken.items():
             if n:
                 self.metrics.count_candidates(name, n)
         if trace is not None:
             trace.taken = merged.taken
             trace.seconds["filters"] = filter_s
-            trace.seconds["merge"] = time.perf_counter() - t1
+            trace.seconds["merge"] = merge_s
         return RetrievalResult(merged.item_ids, scores, merged.source_codes, self.merger.names, self.version)
+
+    def _fetch(self, i: int, q: Query, n: int, excluded: list[np.ndarray], union: np.ndarray | None,
+               trace: RetrievalTrace | None) -> tuple[Candidates, float]:
+        """Source i's candidates after the filters, and the seconds the filters took."""
+        source = self.sources[i]
+        with span(self._tracer, f"source {source.name}", component=source.name) as sp:
+            t1 = time.perf_counter()
+            cands = source.fetch(q, n)
+            t2 = time.perf_counter()
+            self._t_source[i].observe(t2 - t1)
+            fetched = len(cands)
+            if trace is not None:
+                trace.sources[source.name] = cands
+                trace.seconds[f"source:{source.name}"] = t2 - t1
+            if union is not None:  # the exclusion filters as one set (see retrieve)
+                if union.size and fetched:
+                    cands = cands.select(~np.isin(cands.item_ids, union))
+            else:
+                for f, ids in zip(self.filters, excluded, strict=True):
+                    out = f.apply(q, cands, ids)
+                    cands = out.kept
+                    if trace is not None and out.removed.size:
+                        trace.removed.setdefault(f.name, {})[source.name] = out.removed
+            if sp is not None:
+                sp.set_attribute("recsys.fetched", fetched)
+                sp.set_attribute("recsys.kept", len(cands))
+        return cands, time.perf_counter() - t2
+
+    def _merge(self, per_source: list[Candidates], k: int):
+        with span(self._tracer, "merge", component="merge"):
+            return self.merger.merge(per_source, k)
 
     def _rescore(self, q: Query, item_ids: np.ndarray, scores: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Candidates of the other sources get the ``score_with`` source's score, the one the
