@@ -12,8 +12,10 @@ Traffic:
 * ``--unknown-ratio`` (default 10 %) of requests for users the model has never seen (cold start);
 * varied ``k``; GET and POST (``--post-ratio``); POSTs sometimes carry a session context (recent
   item ids) and exclusions, which the gateway keys its response cache on;
-* event posts (``POST /events``) do not exist in the gateway yet: ``post_event`` below is
-  switched off (not a task) until they do.
+* about one event batch (``POST /events``) per four recommendations (``--event-ratio``): the
+  simulated user clicks one of the items it was just recommended (sometimes adds it to the cart
+  too), so the events loop's freshness is exercised by the same traffic (``make loadtest``
+  reports ``/events`` next to ``/recommend``; a non-202 is a failure).
 
 Every response is checked (HTTP 200, JSON with a list of at most k items, each with an
 ``item_id``); anything else is a locust failure. The ``fallback`` and ``cached`` fields are
@@ -27,10 +29,11 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, events, tag, task
 
 # locust puts this file's folder on sys.path, so the sibling module imports as `traffic` both
 # from `python -m loadtest` and from a plain `locust -f loadtest/locustfile.py`.
@@ -38,6 +41,7 @@ from traffic import Population, Tally  # noqa: I001
 
 K_CHOICES = (5, 10, 10, 10, 20, 20, 50, 100)
 REQUEST_NAME = "/recommend"
+EVENTS_NAME = "/events"
 
 
 @events.init_command_line_parser.add_listener
@@ -49,6 +53,8 @@ def _add_options(parser: Any) -> None:
     group.add_argument("--post-ratio", type=float, default=0.30, help="Share of requests sent as POST.")
     group.add_argument("--wait-min", type=float, default=0.05, help="Min think time per simulated user (s).")
     group.add_argument("--wait-max", type=float, default=0.25, help="Max think time per simulated user (s).")
+    group.add_argument("--event-ratio", type=float, default=0.25,
+                       help="Event batches posted per recommendation (task weight; 0 = no events).")
     group.add_argument("--seed", type=int, default=7, help="Seed of the population and of each user's choices.")
     group.add_argument("--summary-json", default="", help="Write exact latencies and fallback counts here on quit.")
 
@@ -88,6 +94,8 @@ class RecommendUser(FastHttpUser):
         self.tally: Tally = self.environment.recsys_tally
         self.rng = random.Random(f"{o.seed}-{id(self)}")
         self.post_ratio = o.post_ratio
+        self.event_ratio = o.event_ratio
+        self.last: tuple[str, list[int]] | None = None  # the last answer: (user, item ids)
 
     def _check(self, resp: Any, k: int, known: bool) -> None:
         if resp.status_code != 200:
@@ -106,9 +114,10 @@ class RecommendUser(FastHttpUser):
             resp.failure(f"item without item_id: {items[0]!r:.200}")
             return
         self.tally.record(body, known)
+        self.last = (str(body.get("user_id", "")), [int(it["item_id"]) for it in items])
         resp.success()
 
-    @task
+    @task(4)
     def recommend(self) -> None:
         user_id, known = self.population.user_id(self.rng)
         k = self.rng.choice(K_CHOICES)
@@ -126,8 +135,23 @@ class RecommendUser(FastHttpUser):
                               catch_response=True) as resp:
             self._check(resp, k, known)
 
-    # Switched off (no @task): the gateway has no event endpoint yet. When one exists (e.g.
-    # POST /events pushing to Feast's `user_context_push`), decorate this with @task(1) and fill
-    # in the call; the next /recommend of that user should then see the item in its context.
-    def post_event(self) -> None:  # pragma: no cover - disabled
-        raise NotImplementedError("POST /events is not part of the gateway yet")
+    @tag("events")
+    @task(1)
+    def post_event(self) -> None:
+        """A click on one of the items just recommended (sometimes followed by add-to-cart);
+        weighted so that there is about one batch per 1 / --event-ratio recommendations."""
+        if self.last is None or self.rng.random() >= self.event_ratio * 4:
+            return  # task weights are 4:1; --event-ratio scales the share of batches actually sent
+        user_id, items = self.last
+        self.last = None  # one batch per answer at most
+        item = self.rng.choice(items[: min(5, len(items))])
+        now = time.time()
+        batch = [{"event_id": uuid.uuid4().hex, "user_id": user_id, "item_id": item, "type": "click", "ts": now}]
+        if self.rng.random() < 0.2:
+            batch.append({"event_id": uuid.uuid4().hex, "user_id": user_id, "item_id": item,
+                          "type": "add_to_cart", "ts": now})
+        with self.client.post(EVENTS_NAME, json={"events": batch}, name=EVENTS_NAME, catch_response=True) as resp:
+            if resp.status_code != 202:
+                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+            else:
+                resp.success()

@@ -22,3 +22,7 @@ class Component:
 
     def load_artifacts(self, bundle: Bundle) -> None:
         """Load what the component needs from the bundle (once, before serving)."""
+
+    def attach(self, live: Any) -> None:
+        """The events loop's live state (:class:`services.live.LiveState`), given after
+        ``load_artifacts`` when the online store has one; a component that reads none ignores it."""

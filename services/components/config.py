@@ -182,7 +182,7 @@ def _component_class(role: str, type_: str, base: type, where: str) -> type:
     return cls
 
 
-def _build(role: str, spec: _Component, base: type, where: str, bundle: Bundle):
+def _build(role: str, spec: _Component, base: type, where: str, bundle: Bundle, live: Any = None):
     cls = _component_class(role, spec.type, base, where)
     try:
         component = cls(spec.label, **spec.options)
@@ -196,11 +196,14 @@ def _build(role: str, spec: _Component, base: type, where: str, bundle: Bundle):
         component.load_artifacts(bundle)
     except (BundleError, OSError, ValueError) as exc:
         raise PipelineConfigError(f"{where}: {spec.label} could not load its artifacts: {exc}") from exc
+    if live is not None:
+        component.attach(live)
     return component
 
 
-def build_sources(cfg: RetrievalConfig, bundle: Bundle) -> list[CandidateSource]:
-    return [_build("sources", s, CandidateSource, f"{cfg._origin}: retrieval.sources[{i}]", bundle)
+def build_sources(cfg: RetrievalConfig, bundle: Bundle, live: Any = None) -> list[CandidateSource]:
+    """``live``: the events loop's state (:mod:`services.live`) for sources that read it."""
+    return [_build("sources", s, CandidateSource, f"{cfg._origin}: retrieval.sources[{i}]", bundle, live)
             for i, s in enumerate(cfg.sources)]
 
 
