@@ -39,7 +39,7 @@ from common.settings import REPO_ROOT
 
 RUN_DIR = REPO_ROOT / "run"
 STACK_FILE = "stack.json"
-STOP_ORDER = ("gateway", "ranking", "retrieval", "redis")  # front to back
+STOP_ORDER = ("gateway", "events", "ranking", "retrieval", "redis")  # front to back
 
 console = Console()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Local stack: up, down, demo, status.")
@@ -57,26 +57,31 @@ class Ports:
     ranking: int
     retrieval_metrics: int
     ranking_metrics: int
+    events_metrics: int
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(5)))
+        return cls(*(free_port() for _ in range(6)))
 
     @classmethod
     def from_settings(cls) -> Ports:
         """The configured ports (GATEWAY_PORT, RETRIEVAL_PORT, ...: defaults 8000/50051/50052)."""
+        from services.events.settings import EventsSettings
+
         from services.gateway.settings import GatewaySettings
         from services.ranking.settings import RankingSettings
         from services.retrieval.settings import RetrievalSettings
 
-        g, r, k = GatewaySettings(), RetrievalSettings(), RankingSettings()
-        return cls(g.port, r.port, k.port, r.metrics_port, k.metrics_port)
+        g, r, k, e = GatewaySettings(), RetrievalSettings(), RankingSettings(), EventsSettings()
+        return cls(g.port, r.port, k.port, r.metrics_port, k.metrics_port, e.metrics_port)
 
-    def check_free(self, gateway_only: bool = False) -> None:
+    def check_free(self, gateway_only: bool = False, events: bool = True) -> None:
         names = {"gateway": "GATEWAY_PORT", "retrieval": "RETRIEVAL_PORT", "ranking": "RANKING_PORT",
                  "retrieval_metrics": "RETRIEVAL_METRICS_PORT", "ranking_metrics": "RANKING_METRICS_PORT"}
         if gateway_only:  # GATEWAY_MODE=inprocess: the services' ports are not used
             names = {"gateway": names["gateway"]}
+        if events:
+            names["events_metrics"] = "EVENTS_METRICS_PORT"
         taken = [f"port {getattr(self, n)} ({var}) is already in use" for n, var in names.items()
                  if port_in_use(getattr(self, n))]
         if taken:
@@ -235,6 +240,7 @@ class StackInfo:
     redis_mode: str  # "given", "private", "embedded"
     run_dir: str
     gateway_mode: str = "grpc"  # GATEWAY_MODE: "inprocess" = no retrieval / ranking processes
+    events_url: str | None = None  # the events consumer's health / metrics (None: no Redis, no consumer)
 
     def save(self, run_dir: Path) -> None:
         (Path(run_dir) / STACK_FILE).write_text(json.dumps(self.__dict__, indent=2))
@@ -247,13 +253,15 @@ class StackInfo:
         return cls(**json.loads(path.read_text()))
 
 
-def start_redis(stack: Stack, port: int | None = None) -> str:
+def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = False) -> str:
+    """A private ``redis-server`` on 127.0.0.1; ``appendonly``: with its AOF (``appendfsync
+    everysec``) in the stack's folder, as the acknowledged events need (``make up``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server is not on PATH")
     port = port or free_port()
-    stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", str(stack.run_dir)])
+    stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "yes" if appendonly else "no", "--dir", str(stack.run_dir)])
     deadline = time.monotonic() + 10
     while not port_in_use(port):
         stack.check_alive(["redis"])
@@ -277,7 +285,7 @@ def service_env(ports: Ports, redis_url: str | None, extra: dict[str, str] | Non
     env = {
         "RETRIEVAL_PORT": str(ports.retrieval), "RETRIEVAL_METRICS_PORT": str(ports.retrieval_metrics),
         "RANKING_PORT": str(ports.ranking), "RANKING_METRICS_PORT": str(ports.ranking_metrics),
-        "GATEWAY_PORT": str(ports.gateway),
+        "GATEWAY_PORT": str(ports.gateway), "EVENTS_METRICS_PORT": str(ports.events_metrics),
         "GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{ports.retrieval}",
         "GATEWAY_RANKING_ADDR": f"127.0.0.1:{ports.ranking}",
     }
@@ -308,18 +316,25 @@ def wait_ready(stack: Stack, url: str, names: list[str], timeout: float) -> dict
 
 
 def start_services(stack: Stack, ports: Ports, redis_url: str | None, *, extra_env: dict[str, str] | None = None,
-                   gateway_env: dict[str, str] | None = None, timeout: float = 180.0, mode: str = "grpc") -> str:
+                   gateway_env: dict[str, str] | None = None, timeout: float = 180.0, mode: str = "grpc",
+                   events: bool = False) -> str:
     """Start retrieval, ranking and the gateway (``mode="inprocess"``: the gateway alone, the
-    pipelines in its workers); return the gateway URL once ``/readyz`` is 200."""
+    pipelines in its workers) and, with ``events``, the events consumer; return the gateway URL
+    once its ``/readyz`` (and the consumer's) is 200."""
     env = service_env(ports, redis_url, extra_env)
     names = ["gateway"]
     if mode != "inprocess":
         stack.start_module("retrieval", "services.retrieval", env)
         stack.start_module("ranking", "services.ranking", env)
         names = ["retrieval", "ranking", "gateway"]
+    if events:
+        stack.start_module("events", "services.events", env)
+        names.append("events")
     stack.start_module("gateway", "services.gateway", {**env, "GATEWAY_MODE": mode, **(gateway_env or {})})
     url = f"http://127.0.0.1:{ports.gateway}"
     wait_ready(stack, f"{url}/readyz", names, timeout)
+    if events:
+        wait_ready(stack, f"http://127.0.0.1:{ports.events_metrics}/readyz", names, timeout)
     return url
 
 
@@ -345,6 +360,8 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
     if running:
         info = StackInfo.load(RUN_DIR) if (RUN_DIR / STACK_FILE).is_file() else None
         wanted = {"gateway"} if info is not None and info.gateway_mode == "inprocess" else {"retrieval", "ranking", "gateway"}
+        if info is not None and info.events_url:
+            wanted.add("events")
         if info is not None and wanted <= set(running):
             try:  # idempotent: `make demo` twice reuses the stack
                 wait_ready(stack, f"{info.gateway_url}/readyz", [], 10)
@@ -360,15 +377,16 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
     try:
         mode = gateway_mode()
         ports = Ports.from_settings()
-        ports.check_free(gateway_only=mode == "inprocess")
         redis_url = os.environ.get("REDIS_URL") or None
+        ports.check_free(gateway_only=mode == "inprocess", events=bool(redis_url or shutil.which("redis-server")))
         if redis_url:
             redis_mode = "given"
             console.print(f"Redis: REDIS_URL={redis_url} (features are expected there: `make materialize`)")
         elif shutil.which("redis-server"):
             redis_mode = "private"
-            redis_url = start_redis(stack)
-            console.print(f"Redis: started a private redis-server at {redis_url}; materialising features…")
+            redis_url = start_redis(stack, appendonly=True)
+            console.print(f"Redis: started a private redis-server at {redis_url} (AOF in {RUN_DIR}/); "
+                          "materialising features…")
             t = time.perf_counter()
             materialize(redis_url, stack.log_path("materialize"))
             console.print(f"       features materialised in {time.perf_counter() - t:.1f}s")
@@ -383,7 +401,7 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
             console.print(f"Starting retrieval :{ports.retrieval}, ranking :{ports.ranking}, gateway :{ports.gateway} "
                           f"(logs in {RUN_DIR}/)…")
         t = time.perf_counter()
-        url = start_services(stack, ports, redis_url, timeout=timeout, mode=mode)
+        url = start_services(stack, ports, redis_url, timeout=timeout, mode=mode, events=redis_url is not None)
     except (StackError, subprocess.TimeoutExpired) as exc:
         console.print(f"[red]make up failed:[/red] {exc}")
         stack.stop_all()
@@ -391,7 +409,7 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
     local = mode == "inprocess"
     StackInfo(url, "in-process" if local else f"127.0.0.1:{ports.retrieval}",
               "in-process" if local else f"127.0.0.1:{ports.ranking}", redis_url, redis_mode, str(RUN_DIR),
-              mode).save(RUN_DIR)
+              mode, f"http://127.0.0.1:{ports.events_metrics}" if redis_url else None).save(RUN_DIR)
     console.print(f"[green]ready[/green] in {time.perf_counter() - t:.1f}s: {url}/recommend?user_id=1&k=10  "
                   f"(docs {url}/docs, metrics {url}/metrics; `make down` stops it)")
 
@@ -430,6 +448,44 @@ def demo_users(artifacts_dir: Path, n: int = 3) -> list[str]:
     return [str(u) for u in real[::step][:n]]
 
 
+def show_click(client: httpx.Client, user: str, k: int, timeout_s: float = 3.0) -> None:
+    """The events loop, seen from outside: the user's answer, a click on its first item posted to
+    ``/events``, and the first answer after it (polled until the clicked item has left it)."""
+    import uuid
+
+    before = client.get("/recommend", params={"user_id": user, "k": k}).json()
+    if not before.get("items"):
+        return
+    clicked = before["items"][0]
+    event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": clicked["item_id"], "type": "click"}
+    r = client.post("/events", json={"events": [event]})
+    t0 = time.perf_counter()
+    if r.status_code != 202:
+        console.print(f"[red]POST /events: HTTP {r.status_code} {r.text}[/red]")
+        return
+    after = before
+    while time.perf_counter() - t0 < timeout_s:
+        after = client.get("/recommend", params={"user_id": user, "k": k}).json()
+        if all(i["item_id"] != clicked["item_id"] for i in after["items"]):
+            break
+        time.sleep(0.01)
+    ms = (time.perf_counter() - t0) * 1000
+    gone = all(i["item_id"] != clicked["item_id"] for i in after["items"])
+    from rich.table import Table
+
+    table = Table(title=f"user {user} clicked #{clicked['item_id']} {clicked.get('title') or ''}: "
+                        + (f"the next answer reflects it after {ms:.0f} ms" if gone else
+                           f"[red]still in the answer after {ms:.0f} ms (is the events consumer running?)[/red]"))
+    table.add_column("#", justify="right")
+    table.add_column("before the click")
+    table.add_column("after the click")
+    for i in range(max(len(before["items"]), len(after["items"]))):
+        cell = [f"{lst[i]['item_id']} {lst[i].get('title') or ''}" if i < len(lst) else "" for lst in
+                (before["items"], after["items"])]
+        table.add_row(str(i + 1), *cell)
+    console.print(table)
+
+
 @app.command()
 def demo(k: int = typer.Option(5, min=1, max=100)) -> None:
     """Recommendations for a few real users and one unknown user, and how to call the API."""
@@ -465,6 +521,8 @@ def demo(k: int = typer.Option(5, min=1, max=100)) -> None:
             for i, item in enumerate(body["items"], 1):
                 table.add_row(str(i), str(item["item_id"]), item.get("title") or "—", f"{item['score']:.4f}")
             console.print(table)
+        if info.events_url:
+            show_click(client, users[0], k)
     console.print("\nCall it yourself:")
     console.print(f"  curl -s '{url}/recommend?user_id={users[0]}&k=10'")
     console.print(f"  curl -s -X POST {url}/recommend -H 'content-type: application/json' \\\n"
