@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -88,9 +90,15 @@ def merged_table(manifest: dict) -> Table | None:
 def run(
     skip_if_current: bool = typer.Option(False, "--skip-if-current", help="Exit 0 at once when artifacts/current loads and verifies."),
     materialize: bool = typer.Option(True, help="Materialise the features into the online store at the end."),
+    events: Annotated[Path | None, typer.Option(
+        "--events", help="An events export (`python -m services.events export --out PATH`, parquet or JSON lines) to "
+                         "fold into the interactions: the served feedback trains the next model.")] = None,
 ) -> None:
     """data -> train -> evaluate -> gate -> publish -> feast apply + materialise."""
-    cfg = PipelineConfig()
+    cfg = PipelineConfig(events_path=events)
+    if skip_if_current and events is not None:
+        console.print("[yellow]--events given: building (--skip-if-current is ignored)[/]")
+        skip_if_current = False
     if skip_if_current:
         from feature_store.repo.definitions import feature_views_schema
 

@@ -81,11 +81,12 @@ class PipelineConfig:
     processed_dir: Path = REPO_ROOT / "data" / "processed"
     artifacts_dir: Path = REPO_ROOT / "artifacts"
     torch_threads: int = 1  # 2 threads on 2 shared cores is ~4x slower (spinning)
+    events_path: Path | None = None  # an events export folded into the interactions (models run --events)
 
     def to_json(self) -> dict:
         d = asdict(self)
-        for k in ("raw_dir", "processed_dir", "artifacts_dir"):
-            d[k] = str(d[k])
+        for k in ("raw_dir", "processed_dir", "artifacts_dir", "events_path"):
+            d[k] = None if d[k] is None else str(d[k])
         return d
 
     def tiny(self) -> PipelineConfig:

@@ -64,6 +64,7 @@ class Dataset:
     items: pd.DataFrame  # item_id, title, year, genres (list[float] multi-hot)
     genres: list[str]
     occupations: list[str]
+    events: dict | None = None  # what ``load(events=...)`` folded in (None: MovieLens alone)
 
     def split(self, name: str) -> pd.DataFrame:
         return self.interactions[self.interactions["split"] == name]
@@ -74,11 +75,59 @@ def age_bucket(age: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(age) | (age <= 0), 0, np.searchsorted(AGE_BUCKETS, age, side="right") + 1)
 
 
-def load(raw_dir: Path) -> Dataset:
+# Logged events folded into training (``models run --events``) as interactions with this rating:
+# explicit ratings keep their value; impressions are not interactions.
+EVENT_RATINGS = {"view": 3.0, "click": 4.0, "add_to_cart": 4.0, "purchase": 5.0}
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """An events export (``python -m services.events export``: parquet or JSON lines with
+    event_id, user_id, item_id, type, ts, value) as a frame, one row per event_id."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"events file {path} does not exist (write one with `python -m services.events export`)")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True, dtype=False)
+    missing = {"event_id", "user_id", "item_id", "type", "ts"} - set(df.columns)
+    if missing:
+        raise ValueError(f"events file {path} lacks column(s) {', '.join(sorted(missing))}")
+    if "value" not in df.columns:
+        df["value"] = np.nan
+    return df.drop_duplicates("event_id", keep="first").reset_index(drop=True)
+
+
+def events_as_interactions(events: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Events of known users on known items as ``user_id, item_id, rating, ts`` rows, and what
+    was kept and dropped (recorded in the manifest)."""
+    uid = pd.to_numeric(events["user_id"], errors="coerce")
+    rating = events["type"].map(EVENT_RATINGS)
+    is_rating = events["type"] == "rating"
+    rating = rating.where(~is_rating, pd.to_numeric(events["value"], errors="coerce").clip(1, 5))
+    keep = uid.isin(user_ids) & events["item_id"].isin(item_ids) & rating.notna()
+    out = pd.DataFrame({"user_id": uid[keep].astype("int64"), "item_id": events["item_id"][keep].astype("int64"),
+                        "rating": rating[keep].astype("float32"),
+                        "ts": pd.to_numeric(events["ts"][keep]).astype("float64").astype("int64")})
+    info = {"events": int(len(events)), "folded": int(keep.sum()),
+            "dropped": {"unknown_user": int((~uid.isin(user_ids)).sum()),
+                        "unknown_item": int((uid.isin(user_ids) & ~events["item_id"].isin(item_ids)).sum()),
+                        "not_an_interaction": int((uid.isin(user_ids) & events["item_id"].isin(item_ids)
+                                                   & rating.isna()).sum())}}
+    return out, info
+
+
+def load(raw_dir: Path, events: Path | None = None) -> Dataset:
+    """``events``: an events export folded in as interactions (before the split, so a user's
+    latest events become their test interactions)."""
     raw_dir = Path(raw_dir)
     inter = pd.read_csv(raw_dir / "ml-100k.inter", sep="\t")
     inter.columns = ["user_id", "item_id", "rating", "ts"]
     inter = inter.astype({"user_id": "int64", "item_id": "int64", "rating": "float32", "ts": "int64"})
+    events_info = None
+    if events is not None:
+        known_items = pd.read_csv(raw_dir / "ml-100k.item", sep="\t", usecols=[0]).iloc[:, 0].astype("int64")
+        known_users = pd.read_csv(raw_dir / "ml-100k.user", sep="\t", usecols=[0]).iloc[:, 0].astype("int64")
+        folded, events_info = events_as_interactions(read_events(events), known_users.to_numpy(), known_items.to_numpy())
+        events_info["path"] = str(events)
+        inter = pd.concat([inter, folded], ignore_index=True)
     inter = inter.sort_values(["user_id", "ts", "item_id"], kind="stable").reset_index(drop=True)
     inter["split"] = split_labels(inter)
 
@@ -102,7 +151,7 @@ def load(raw_dir: Path) -> Dataset:
     it = pd.DataFrame({"item_id": items["item_id"].astype("int64"), "title": items["title"].str.strip()})
     it["year"] = pd.to_numeric(items["year"], errors="coerce").fillna(0).astype("float32")
     it["genres"] = list(multi_hot)
-    return Dataset(inter, u, it.sort_values("item_id").reset_index(drop=True), genres, occupations)
+    return Dataset(inter, u, it.sort_values("item_id").reset_index(drop=True), genres, occupations, events_info)
 
 
 def split_labels(inter: pd.DataFrame) -> np.ndarray:

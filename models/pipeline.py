@@ -86,7 +86,7 @@ def prepare(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, log: Callabl
     from models.two_tower import ITEM_GENRES, ITEM_IDX, ITEM_YEAR, user_tower_spec
 
     sha = D.fetch(cfg.raw_dir, log=log)
-    ds = D.load(cfg.raw_dir)
+    ds = D.load(cfg.raw_dir, events=cfg.events_path)
     D.save_splits(ds, cfg.processed_dir)
     states = D.user_history_states(ds, cfg.n_recent)
     D.write_feature_sources(ds, fs_settings.offline_dir, states, cfg.item_snapshot_days, cfg.popularity_half_life_days)
@@ -528,6 +528,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "dataset": {"name": "MovieLens-100K", "source": f"PyPI wheel {D.RECBOLE} (recbole/dataset_example/ml-100k)",
                         "sha256": p.raw_sha256, "interactions": int(len(ds.interactions)),
+                        "events": ds.events,
                         "users": int(len(ds.users)), "items": n_items,
                         "split": {"train": int((ds.interactions["split"] == "train").sum()),
                                   "valid": int(len(ds.split("valid"))), "test": int(len(test)),
