@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ann": ("benchmarks.ann", "FAISS index types on the 1M-item catalog"),
     "e2e": ("benchmarks.e2e", "/recommend through the whole stack"),
     "e2e-modes": ("benchmarks.e2e_modes", "/recommend in GATEWAY_MODE=grpc vs inprocess"),
+    "events": ("benchmarks.events", "events loop: freshness, ingestion, consumer lag"),
 }
 
 
@@ -93,6 +94,12 @@ def e2e() -> None:
 def e2e_modes() -> None:
     """/recommend in both runtimes, grpc vs inprocess, cache off (benchmarks/e2e_modes.py)."""
     raise typer.Exit(_run("e2e-modes"))
+
+
+@app.command()
+def events() -> None:
+    """The events loop: freshness, ingestion throughput, consumer lag (benchmarks/events.py)."""
+    raise typer.Exit(_run("events"))
 
 
 @app.command(name="all")

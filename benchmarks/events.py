@@ -1,0 +1,302 @@
+"""The events loop, measured on a private stack: freshness, ingestion throughput, consumer lag.
+
+``python -m benchmarks events`` (part of ``make bench``) starts a private Redis (with its AOF,
+as compose runs it), materialises the features, starts retrieval, ranking, the gateway (response
+cache on) and the events consumer, then:
+
+1. **freshness** (``--trials``, >= 200): for a known user, an answer is fetched twice (so it is
+   in the response cache), a click on its first item is posted, and ``/recommend`` is polled
+   until an answer no longer holds the clicked item. Freshness = the time from the ``202`` to
+   the arrival of that first answer: ingest -> stream -> consumer -> Feast row + seen set ->
+   generation bump -> cache miss -> retrieval and ranking on the new row. Without load.
+2. **baseline**: ``/recommend`` at ``--rate`` req/s (open loop, ``benchmarks.loadgen``, latency
+   from each request's due time) with no events.
+3. **ingestion under load**: the same ``/recommend`` load while ``--posters`` connections post
+   batches of ``--batch`` events as fast as the gateway accepts them for ``--duration`` s;
+   accepted events/s (202s), applied events/s (the consumer group's progress), consumer lag
+   (entries and seconds) sampled every 0.1 s, and ``/recommend`` p50/p99 side by side with the
+   baseline.
+4. **recovery**: after the burst, the seconds until the group has applied everything (lag 0).
+
+Lag comes from Redis itself (``XINFO GROUPS``: ``lag`` = not yet delivered, ``pending`` =
+delivered, not acknowledged), not from the consumer's own metrics. Writes
+``bench-results/events.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from common.settings import REPO_ROOT
+from common.stats import percentile
+
+TARGETS = {"freshness_p99_ms": ("<=", 1000.0), "applied_per_s": (">=", 2000.0), "recovery_s": ("<=", 5.0)}
+
+
+def _users(artifacts_dir: Path) -> list[str]:
+    import numpy as np
+
+    from common.bundle import load_bundle
+
+    ids = np.load(load_bundle(artifacts_dir, verify=False).path("user_ids"), allow_pickle=False)
+    return [str(int(i)) for i in ids[1:] if i >= 0]
+
+
+def _items(artifacts_dir: Path) -> list[int]:
+    import numpy as np
+
+    from common.bundle import load_bundle
+
+    ids = np.load(load_bundle(artifacts_dir, verify=False).path("item_ids"), allow_pickle=False)
+    return [int(i) for i in ids[1:] if i >= 0]
+
+
+def unapplied(client) -> tuple[int, float]:
+    """(entries appended but not yet acknowledged by the group, seconds the oldest has waited)."""
+    from common.realtime import GROUP, STREAM
+
+    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+              for g in client.xinfo_groups(STREAM)}
+    g = groups.get(GROUP)
+    if g is None:
+        return client.xlen(STREAM), 0.0
+    lag = int(g.get("lag") or 0)
+    pending = int(g.get("pending") or 0)
+    n = lag + pending
+    if n == 0:
+        return 0, 0.0
+    oldest = None
+    if pending:
+        summary = client.xpending(STREAM, GROUP)
+        oldest = summary.get("min")
+    if oldest is None:  # the oldest not yet delivered entry: the first after last-delivered-id
+        after = g["last-delivered-id"]
+        after = after.decode() if isinstance(after, bytes) else after
+        rows = client.xrange(STREAM, min=f"({after}", count=1)
+        oldest = rows[0][0] if rows else None
+    if oldest is None:
+        return n, 0.0
+    oldest = oldest.decode() if isinstance(oldest, bytes) else oldest
+    return n, max(0.0, time.time() - int(oldest.split("-")[0]) / 1000.0)
+
+
+def freshness(url: str, users: list[str], trials: int, k: int = 10, timeout_s: float = 5.0) -> dict:
+    import httpx
+
+    rng = random.Random(11)
+    times: list[float] = []
+    misses = 0
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        for user in rng.sample(users, min(trials, len(users))):
+            params = {"user_id": user, "k": k}
+            client.get("/recommend", params=params)
+            before = client.get("/recommend", params=params).json()  # now cached
+            if not before["items"]:
+                continue
+            item = before["items"][0]["item_id"]
+            ev = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": "click"}
+            r = client.post("/events", json={"events": [ev]})
+            t0 = time.perf_counter()
+            if r.status_code != 202:
+                raise RuntimeError(f"POST /events: {r.status_code} {r.text}")
+            while True:
+                body = client.get("/recommend", params=params).json()
+                if all(i["item_id"] != item for i in body["items"]):
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                    break
+                if time.perf_counter() - t0 > timeout_s:
+                    misses += 1
+                    break
+    return {"trials": len(times) + misses, "reflected": len(times), "not_reflected_within_s": timeout_s,
+            "missed": misses, "p50_ms": round(percentile(times, 50), 2), "p90_ms": round(percentile(times, 90), 2),
+            "p99_ms": round(percentile(times, 99), 2), "max_ms": round(max(times), 2) if times else None}
+
+
+async def _post_events(host: str, port: int, users: list[str], items: list[int], batch: int, duration: float,
+                       posters: int) -> dict:
+    """``posters`` keep-alive connections posting batches back to back; counts 202s and their events."""
+    rng = random.Random(5)
+    stop = time.perf_counter() + duration
+    out = {"batches": 0, "accepted": 0, "errors": 0, "latencies_ms": []}
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < stop:
+                now = time.time()
+                events = [{"event_id": uuid.uuid4().hex, "user_id": rng.choice(users), "item_id": rng.choice(items),
+                           "type": rng.choice(("click", "view", "click", "add_to_cart")), "ts": now}
+                          for _ in range(batch)]
+                body = json.dumps({"events": events}).encode()
+                t = time.perf_counter()
+                writer.write(b"POST /events HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                payload = await reader.readexactly(length)
+                out["latencies_ms"].append((time.perf_counter() - t) * 1000.0)
+                if head.startswith(b"HTTP/1.1 202"):
+                    out["batches"] += 1
+                    out["accepted"] += json.loads(payload)["accepted"]
+                else:
+                    out["errors"] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(posters)))
+    return out
+
+
+def _sample_lag(client, stop: threading.Event, samples: list, period: float = 0.1) -> None:
+    while not stop.is_set():
+        n, age = unapplied(client)
+        samples.append((time.perf_counter(), n, age))
+        stop.wait(period)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import redis
+
+    from benchmarks.e2e import run_loadgen
+    from common.settings import ArtifactSettings
+    from deploy.local import Ports, Stack, materialize, start_redis, start_services
+
+    artifacts = ArtifactSettings().artifacts_dir
+    users, items = _users(artifacts), _items(artifacts)
+    if not shutil.which("redis-server"):
+        raise SystemExit("benchmarks.events needs redis-server on PATH")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-events-", dir=REPO_ROOT / "run" if (REPO_ROOT / "run").is_dir() else None))
+    stack = Stack(workdir)
+    result: dict = {}
+    try:
+        redis_url = start_redis(stack, appendonly=True)
+        print(f"private redis {redis_url} (appendonly): materialising features…", flush=True)
+        materialize(redis_url, stack.log_path("materialize"))
+        ports = Ports.free()
+        print(f"starting retrieval, ranking, gateway (cache on) and the events consumer (logs in {workdir})…", flush=True)
+        url = start_services(stack, ports, redis_url, events=True, gateway_env={"GATEWAY_CACHE_TTL_S": "60"})
+        client = redis.Redis.from_url(redis_url)
+
+        print(f"freshness: {args.trials} trials…", flush=True)
+        fresh = freshness(url, users, args.trials)
+        print(f"  p50 {fresh['p50_ms']} / p99 {fresh['p99_ms']} ms ({fresh['missed']} not reflected)", flush=True)
+
+        print(f"baseline: /recommend at {args.rate:.0f} req/s for {args.duration:.0f}s, no events…", flush=True)
+        baseline = run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate)
+
+        print(f"ingestion: /recommend at {args.rate:.0f} req/s + {args.posters} connections posting batches of "
+              f"{args.batch} events for {args.duration:.0f}s…", flush=True)
+        samples: list = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_lag, args=(redis.Redis.from_url(redis_url), stop, samples), daemon=True)
+        before_n = client.xlen("{recsys:ev}:stream")
+        under: dict = {}
+
+        def recommend_load() -> None:
+            under.update(run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate))
+
+        load = threading.Thread(target=recommend_load)
+        sampler.start()
+        t0 = time.perf_counter()
+        load.start()
+        posted = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, args.duration, args.posters))
+        t_burst = time.perf_counter() - t0
+        n_at_end, age_at_end = unapplied(client)
+        load.join()
+        # recovery: until everything appended has been applied
+        t_end = time.perf_counter()
+        while unapplied(client)[0] > 0 and time.perf_counter() - t_end < 120:
+            time.sleep(0.05)
+        recovery = time.perf_counter() - t_end
+        stop.set()
+        sampler.join()
+        appended = client.xlen("{recsys:ev}:stream") - before_n
+        applied_during = appended - n_at_end
+        lags = [n for _, n, _ in samples]
+        ages = [a for _, _, a in samples]
+        result = {
+            "freshness": fresh,
+            "freshness_p50_ms": fresh["p50_ms"], "freshness_p99_ms": fresh["p99_ms"],
+            "ingest": {"seconds": round(t_burst, 2), "batches": posted["batches"], "batch_size": args.batch,
+                       "posters": args.posters, "accepted": posted["accepted"], "errors": posted["errors"],
+                       "batch_p50_ms": round(percentile(posted["latencies_ms"], 50), 2),
+                       "batch_p99_ms": round(percentile(posted["latencies_ms"], 99), 2)},
+            "accepted_per_s": round(posted["accepted"] / t_burst, 1),
+            "applied_per_s": round(applied_during / t_burst, 1),
+            "lag_entries_max": max(lags) if lags else 0, "lag_entries_at_end": n_at_end,
+            "lag_seconds_max": round(max(ages), 3) if ages else 0.0, "lag_seconds_at_end": round(age_at_end, 3),
+            "recovery_s": round(recovery, 2),
+            "recommend_rate": args.rate,
+            "recommend_baseline": {k: baseline[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in baseline},
+            "recommend_under_ingest": {k: under[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in under},
+            "cpu_count": os.cpu_count(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        }
+        result["targets"] = {k: {"target": f"{op} {v}", "ok": (result[k] <= v if op == "<=" else result[k] >= v)}
+                             for k, (op, v) in TARGETS.items()}
+    finally:
+        stack.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def report(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="events loop (private stack, response cache on)")
+    for c in ("measure", "result", "target"):
+        t.add_column(c)
+    f = result["freshness"]
+    tg = result["targets"]
+
+    def ok(name: str) -> str:
+        return f"{tg[name]['target']} {'met' if tg[name]['ok'] else 'MISSED'}"
+
+    t.add_row("freshness 202 -> answer without the clicked item", f"p50 {f['p50_ms']} / p99 {f['p99_ms']} ms "
+              f"({f['reflected']} of {f['trials']} reflected)", ok("freshness_p99_ms"))
+    t.add_row("events accepted by /events (202)", f"{result['accepted_per_s']:.0f}/s "
+              f"(batches of {result['ingest']['batch_size']}, p99 {result['ingest']['batch_p99_ms']} ms)", "")
+    t.add_row("events applied by the consumer", f"{result['applied_per_s']:.0f}/s", ok("applied_per_s"))
+    t.add_row("consumer lag during the burst", f"max {result['lag_entries_max']} entries / {result['lag_seconds_max']} s, "
+              f"{result['lag_entries_at_end']} at the end", "")
+    t.add_row("lag back to 0 after the burst", f"{result['recovery_s']} s", ok("recovery_s"))
+    b, u = result["recommend_baseline"], result["recommend_under_ingest"]
+    t.add_row(f"/recommend at {result['recommend_rate']:.0f} req/s: p50 / p99", f"{b.get('p50_ms')} / {b.get('p99_ms')} ms "
+              f"alone, {u.get('p50_ms')} / {u.get('p99_ms')} ms during ingestion", "")
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.events", description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=250, help="freshness trials (>= 200)")
+    p.add_argument("--rate", type=float, default=100.0, help="/recommend req/s offered during the runs")
+    p.add_argument("--connections", type=int, default=16, help="/recommend connections")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of the baseline and of the ingestion run")
+    p.add_argument("--batch", type=int, default=100, help="events per POST /events")
+    p.add_argument("--posters", type=int, default=2, help="connections posting events")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "events.json")
+    args = p.parse_args([] if argv is None else argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    report(result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
