@@ -13,7 +13,8 @@
 # PUBLISH_ADDR, COMPOSE_BAKE=false, COMPOSE_PROFILES=), which compose honours; the gateway's
 # published port in place of 127.0.0.1:8000; each line under `timeout UP_TIMEOUT_S`. Then it checks
 #   1. /recommend returns ranked items for a known and an unknown user (GET and POST, 422 on bad input);
-#   2. Prometheus reports every scrape target up (its HTTP API);
+#   1b. a click posted to /events (202) removes the item from that user's next answer, past a cache hit;
+#   2. Prometheus reports every scrape target up (its HTTP API), the events consumer's included;
 #   3. `stop ranking`     -> still 200, fallback = ranking_unavailable; `start` -> full answers again;
 #   4. `pause retrieval`  -> answered within the deadline with a fallback; `unpause` -> full again
 #      (polled with a deadline: the gateway's circuit breaker probes the dependency back);
@@ -197,6 +198,27 @@ rec GET "$USER_ID" 0
 [ "$CODE" = 422 ] || fail "k=0: expected HTTP 422, got $CODE: $BODY"
 say "ok: k=0 -> 422 ($(printf '%.120s' "$BODY"))"
 
+# ---------------------------------------------------------------- 1b. events change the next answer
+next_user; clicker=$USER_ID
+rec GET "$clicker" 10; rec GET "$clicker" 10   # the second is a cache hit: the click must get past it
+[ "$(field 'b["cached"]')" = True ] || fail "events: the second answer for $clicker was not cached: $BODY"
+clicked=$(field 'b["items"][0]["item_id"]')
+ev_out=$(curl -s -m 10 -w ' %{http_code}' -H 'content-type: application/json' \
+  -d "{\"events\": [{\"event_id\": \"compose-$RANDOM$RANDOM\", \"user_id\": \"$clicker\", \"item_id\": $clicked, \"type\": \"click\"}]}" \
+  "$GW/events") || ev_out="curl failed 000"
+[ "${ev_out##* }" = 202 ] || fail "POST /events: expected 202, got: $ev_out"
+t0_ms=$("$PY" -c 'import time; print(int(time.time() * 1000))')
+deadline=$((SECONDS + 10))
+while :; do
+  rec GET "$clicker" 10
+  [ "$CODE" = 200 ] || fail "events: HTTP $CODE: $BODY"
+  [ "$(field "all(i['item_id'] != $clicked for i in b['items'])")" = True ] && break
+  [ $SECONDS -lt $deadline ] || fail "events: item $clicked still in $clicker's answer 10 s after the click: $BODY"
+  sleep 0.05
+done
+fresh_ms=$(( $("$PY" -c 'import time; print(int(time.time() * 1000))') - t0_ms ))
+say "ok: POST /events click on $clicked -> 202 (${ev_out% *}); the next answers dropped it after ~${fresh_ms} ms (cache hit bypassed)"
+
 # ---------------------------------------------------------------- 2. prometheus targets
 deadline=$((SECONDS + 60))
 while :; do
@@ -216,7 +238,7 @@ print(len(t), " ".join(sorted(x["labels"]["job"] + "=" + x["health"] for x in t)
   [ $SECONDS -lt $deadline ] || fail "prometheus targets not all up after 60 s: $summary"
   sleep 2
 done
-for job in gateway retrieval ranking; do
+for job in gateway retrieval ranking events; do
   case "$summary" in *"$job=up"*) ;; *) fail "prometheus has no up target for $job: $summary" ;; esac
 done
 say "ok: prometheus targets: $summary"
@@ -280,7 +302,7 @@ say "ok: retrieval unpaused -> full answers after $((SECONDS - t0))s"
 
 # ---------------------------------------------------------------- sizes + teardown
 say "image sizes:"
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^recsys-(gateway|retrieval|ranking|offline):${RECSYS_TAG:-latest} " | sort | sed 's/^/  /' || true
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^recsys-(gateway|retrieval|ranking|events|offline):${RECSYS_TAG:-latest} " | sort | sed 's/^/  /' || true
 say "timings: build ${build_s}, $cold up ${up_s}s (offline job ${offline_s}s)"
 
 trap 'cd / && rm -rf "$WORK" "$LOG"' EXIT
