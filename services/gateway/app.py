@@ -1,10 +1,10 @@
 """The FastAPI gateway: ``create_app(settings)`` builds the app; nothing is built at import.
 
-Routes (``services/gateway/routes/``): ``GET/POST /recommend``, ``/healthz`` (alive),
+Routes (``services/gateway/routes/``): ``GET/POST /recommend``, ``POST /events``, ``/healthz`` (alive),
 ``/readyz`` (retrieval and ranking report SERVING over gRPC health), ``/metrics`` (Prometheus,
 the app's own registry), ``/docs``. Schemas are in ``schemas.py``, what routes depend on in
-``deps.py``. Channels, the cache client and the catalog are created in the :func:`lifespan` and
-closed on shutdown.
+``deps.py``. Channels, the cache client, the catalog and (with ``REDIS_URL``) the event log and
+the exposure log's writer task are created in the :func:`lifespan` and closed on shutdown.
 
 ``GATEWAY_MODE`` picks the runtime of the two stages the :class:`Recommender` calls: ``grpc``
 stubs on channels to the services, or ``inprocess`` faces over the same pipelines loaded in this
@@ -29,10 +29,13 @@ from services.components.config import load_config
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
 from services.gateway.deps import Runtime
+from services.gateway.events import EventLog
+from services.gateway.exposures import ExposureLog
 from services.gateway.metrics import GatewayMetrics, multiprocess_from_env
 from services.gateway.middleware import BodyLimit
 from services.gateway.pipeline import Recommender
 from services.gateway.responses import JSONBytes, error, readable
+from services.gateway.routes import events as events_route
 from services.gateway.routes import register_all
 from services.gateway.settings import GatewaySettings
 
@@ -80,16 +83,31 @@ async def lifespan(app: FastAPI):
     ladder = load_config(settings.pipeline_config).fallback.ladder  # checked by __main__ before start
     recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
                               catalog=catalog, metrics=metrics, ladder=ladder)
+    events = exposures = None
+    if settings.redis_url:  # the real-time loop needs Redis: without it, no /events, no exposure log
+        redis_timeout_s = settings.events_timeout_ms / 1000.0
+        events = EventLog(settings.redis_url, dedup_ttl_s=settings.event_dedup_ttl_s, timeout_s=redis_timeout_s)
+        exposures = ExposureLog(settings.redis_url, sample_rate=settings.exposure_sample_rate,
+                                queue_size=settings.exposure_queue_size, maxlen=settings.exposure_maxlen,
+                                timeout_s=redis_timeout_s, metrics=metrics)
+        exposures.start()
     app.state.runtime = Runtime(settings=settings, metrics=metrics, recommender=recommender,
-                                channels=channels, cache=cache, catalog=catalog, stages=stages)
-    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s", settings.mode, where,
-             cache.name, settings.cache_ttl_s, " > ".join(ladder), catalog.version or f"UNREADABLE ({catalog.error})")
+                                channels=channels, cache=cache, catalog=catalog, stages=stages,
+                                events=events, exposures=exposures)
+    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s, /events and exposure log %s",
+             settings.mode, where, cache.name, settings.cache_ttl_s, " > ".join(ladder),
+             catalog.version or f"UNREADABLE ({catalog.error})",
+             f"on (exposure sample rate {settings.exposure_sample_rate:g})" if events else "off (no REDIS_URL)")
     gc.collect()
     gc.freeze()  # start-up objects leave the GC's young generations: no full-GC pauses on them
     try:
         yield
     finally:
         await recommender.drain()
+        if exposures is not None:
+            await exposures.close()
+        if events is not None:
+            await events.close()
         await cache.close()
         for channel in channels.values():
             await channel.close()
@@ -101,8 +119,20 @@ async def lifespan(app: FastAPI):
 
 async def invalid_request(request: Request, exc: RequestValidationError):
     """422 in the gateway's error shape (and counted), instead of FastAPI's default body."""
-    request.app.state.metrics.requests.labels(code="422").inc()
+    metrics: GatewayMetrics = request.app.state.metrics
+    if request.url.path == events_route.PATH:
+        events_route.rejected(metrics, events_route.events_in(exc.body))
+    else:
+        metrics.requests.labels(code="422").inc()
     return error(422, "invalid request", readable(exc.errors()))
+
+
+def _refused(metrics: GatewayMetrics, path: str) -> None:
+    """A 413 of the body limit: counted with its endpoint's responses."""
+    if path == events_route.PATH:
+        metrics.event_batches.labels(code="413").inc()
+    elif path == "/recommend":
+        metrics.requests.labels(code="413").inc()
 
 
 def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> FastAPI:
@@ -123,7 +153,9 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> Fas
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       per_path={events_route.PATH: settings.max_events_body_bytes},
+                       on_refused=lambda path: _refused(app.state.metrics, path))
     return app
 
 

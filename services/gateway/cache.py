@@ -2,10 +2,25 @@
 
 Keys hold everything that changes the answer: model version, user, k and a hash of the request
 shape (context and exclusions), so a new model version or a different request never reads a
-stale entry. Values are the orjson bytes of the ranked items. Only non-degraded responses are
-cached (a fallback answer must not outlive the outage). Each is also kept, under
-:func:`stale_key` and the longer ``GATEWAY_STALE_TTL_S``, as the user's last good answer: the
-``cached`` rung of the fallback ladder serves it when retrieval or ranking fails.
+stale entry. Only non-degraded responses are cached (a fallback answer must not outlive the
+outage). Each is also kept, under :func:`stale_key` and the longer ``GATEWAY_STALE_TTL_S``, as
+the user's last good answer: the ``cached`` rung of the fallback ladder serves it when retrieval
+or ranking fails.
+
+Per-user generations (the real-time loop): the events consumer ``INCR``s
+:func:`common.realtime.generation_key` after it changed a user's features. A value is
+``{"gen": g, "items": [...], "model_version": ...}`` (:func:`encode_entry`), ``g`` being the
+generation read when the request that computed it *started*; :meth:`ResponseCache.lookup` reads
+the current generation and the entry in one round trip (a non-transactional pipeline of two
+``GET``s: both keys carry the user's hash tag :func:`common.realtime.user_tag`, so they share a
+Redis Cluster slot) and :func:`fresh_entry` accepts it only when its ``gen`` is the current one
+(no generation key = 0). So an answer computed from features older than the latest bump is never
+served, with no key scan and no extra round trip. The in-process and null caches have no
+consumer: their generation is always 0.
+
+The last good answer (``cached`` rung) is generation-blind on purpose: it is only served when
+retrieval or ranking is failing, as a better-than-popular degraded answer, and may then predate
+the user's latest events (e.g. still list an item they have just bought).
 
 Every cache failure is the caller's to swallow: the request is then served without cache.
 """
@@ -19,6 +34,8 @@ from typing import Protocol
 
 import orjson
 
+from common.realtime import generation_key, user_tag
+
 
 def cache_key(model_version: str, user_id: str, k: int, context: dict | None, exclude: list[int]) -> str:
     if context or exclude:
@@ -26,17 +43,36 @@ def cache_key(model_version: str, user_id: str, k: int, context: dict | None, ex
         digest = hashlib.blake2b(shape, digest_size=8).hexdigest()
     else:
         digest = "-"
-    return f"recsys:resp:{model_version}:{k}:{digest}:{user_id}"
+    # the user's hash tag first: the first ``{...}`` of a key is its Redis Cluster hash tag
+    return f"{user_tag(user_id)}:resp:{model_version}:{k}:{digest}"
 
 
 def stale_key(user_id: str) -> str:
     """The user's last good answer (any k, shape or model version): the ``cached`` fallback rung."""
-    return f"recsys:last:{user_id}"
+    return f"{user_tag(user_id)}:last"
+
+
+def encode_entry(generation: int, items: list[dict], model_version: str) -> bytes:
+    """A cache value: the answer and the user's generation read when its request started."""
+    return orjson.dumps({"gen": generation, "items": items, "model_version": model_version})
+
+
+def fresh_entry(raw: bytes | None, generation: int) -> dict | None:
+    """The decoded entry when it was computed at ``generation`` (the current one), else None
+    (missing, or the user's features changed since: a miss)."""
+    if raw is None:
+        return None
+    entry = orjson.loads(raw)
+    return entry if entry.get("gen") == generation else None
 
 
 class ResponseCache(Protocol):
     name: str
     enabled: bool
+
+    async def lookup(self, user_id: str, key: str) -> tuple[int, bytes | None]:
+        """(the user's current generation, the raw entry under ``key``), in one round trip."""
+        ...
 
     async def get(self, key: str) -> bytes | None: ...
     async def set(self, key: str, value: bytes, ttl_s: int | None = None) -> None: ...
@@ -48,6 +84,9 @@ class NullCache:
     """``GATEWAY_CACHE_TTL_S=0``: every request goes through the whole pipeline."""
 
     name, enabled = "disabled", False
+
+    async def lookup(self, user_id: str, key: str) -> tuple[int, bytes | None]:
+        return 0, None
 
     async def get(self, key: str) -> bytes | None:
         return None
@@ -72,6 +111,9 @@ class InProcessCache:
         self.max_entries = max_entries
         self._clock = clock
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def lookup(self, user_id: str, key: str) -> tuple[int, bytes | None]:
+        return 0, await self.get(key)  # no consumer bumps generations in the embedded stack
 
     async def get(self, key: str) -> bytes | None:
         entry = self._data.get(key)
@@ -118,6 +160,13 @@ class RedisCache:
             health_check_interval=0,
             max_connections=64,
         )
+
+    async def lookup(self, user_id: str, key: str) -> tuple[int, bytes | None]:
+        pipe = self._redis.pipeline(transaction=False)  # no MULTI/EXEC: one round trip, two GETs
+        pipe.get(generation_key(user_id))
+        pipe.get(key)
+        generation, value = await pipe.execute()
+        return int(generation or 0), value
 
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)

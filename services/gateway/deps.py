@@ -1,7 +1,8 @@
 """FastAPI dependencies: what a route needs, read from ``app.state``.
 
 ``create_app`` puts the settings and the metrics there; the lifespan adds the :class:`Runtime`
-(the recommender, its stages and channels, cache, catalog, with the settings and metrics next to them) once
+(the recommender, its stages and channels, cache, catalog, event and exposure logs, with the settings and
+metrics next to them) once
 they exist. Nothing here is built at import; routes declare what they use with the ``*Dep``
 annotations.
 
@@ -20,6 +21,8 @@ from fastapi import Depends, Request
 
 from services.gateway.cache import ResponseCache
 from services.gateway.catalog import Catalog
+from services.gateway.events import EventLog
+from services.gateway.exposures import ExposureLog
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pipeline import Recommender
 from services.gateway.settings import GatewaySettings
@@ -36,6 +39,8 @@ class Runtime:
     cache: ResponseCache
     catalog: Catalog
     stages: dict[str, Any] = field(default_factory=dict)  # what the recommender calls: stubs or in-process faces
+    events: EventLog | None = None  # POST /events ingest; None without REDIS_URL
+    exposures: ExposureLog | None = None  # the exposure log's writer; None without REDIS_URL
 
 
 async def get_metrics(request: Request) -> GatewayMetrics:

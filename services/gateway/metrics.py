@@ -98,6 +98,22 @@ class GatewayMetrics:
             "gateway_popular_items", "Items in the start-up popular list (the last-resort fallback).",
             registry=r, multiprocess_mode="livemax",
         )
+        # the real-time loop: POST /events and the exposure log
+        self.events = Counter(
+            "gateway_events_total", "Events received on POST /events by outcome (accepted, duplicate, rejected: in a batch refused with 422).",
+            ["outcome"], registry=r,
+        )
+        self.event_batches = Counter(
+            "gateway_event_batches_total", "POST /events responses by HTTP status code.", ["code"], registry=r,
+        )
+        self.events_append = Histogram(
+            "gateway_events_append_seconds", "Duration of the ingest script (dedup + stream append) of one /events batch.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.exposures = Counter(
+            "gateway_exposures_total", "/recommend answers offered to the exposure log by outcome (written, dropped: queue full, "
+            "sampled_out, failed: Redis down or slow).", ["outcome"], registry=r,
+        )
         self._breaker_states: dict[str, dict[str, MetricWrapperBase]] = {}
         self._included: _Merged | None = None
 

@@ -45,7 +45,7 @@ from common.proto.recsys.v1 import (
 )
 from services.components.config import DEFAULT_LADDER, RUNGS
 from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker, Permit
-from services.gateway.cache import ResponseCache, cache_key, stale_key
+from services.gateway.cache import ResponseCache, cache_key, encode_entry, fresh_entry, stale_key
 from services.gateway.catalog import Catalog
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.settings import GatewaySettings
@@ -143,16 +143,17 @@ class Recommender:
         deadline = start + self.settings.request_timeout_ms / 1000.0
         key = cache_key(self.model_version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids))
         errors: dict[str, str] | None = None
+        # the user's generation as this request starts: what a cache write of its answer carries
         if explain is None:
-            hit = await self._cache_get(key)
+            generation, hit = await self._cache_lookup(q.user_id, key)
             if hit is not None:
-                payload = orjson.loads(hit)
                 self._stage["total"].observe(time.perf_counter() - start)
-                return Result(payload["items"], payload["model_version"], None, True)
+                return Result(hit["items"], hit["model_version"], None, True)
         else:
             errors = {}
-            explain["cache"] = {"enabled": self.cache.enabled, "key": key,
-                                "fresh_entry": await self._cache_get(key, count=False) is not None}
+            generation, hit = await self._cache_lookup(q.user_id, key, count=False)
+            explain["cache"] = {"enabled": self.cache.enabled, "key": key, "generation": generation,
+                                "fresh_entry": hit is not None}
 
         exclude = frozenset(q.exclude_item_ids)
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
@@ -181,8 +182,9 @@ class Recommender:
                 # the services moved to a new bundle: key the cache by what is actually served
                 self.model_version = version
                 self.metrics.model.info({"version": version, "source": "services"})
-            if self.cache.enabled and explain is None:
-                value = orjson.dumps({"items": items, "model_version": version})
+            # generation None: it could not be read (Redis failing), so the answer is not cached
+            if self.cache.enabled and explain is None and generation is not None:
+                value = encode_entry(generation, items, version)
                 task = asyncio.create_task(self._cache_write(
                     cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), q.user_id, value))
                 self._writes.add(task)
@@ -246,26 +248,31 @@ class Recommender:
             self.metrics.candidates.labels(source=source).observe(n)
 
     # -- stages ------------------------------------------------------------------------------
-    async def _cache_get(self, key: str, count: bool = True) -> bytes | None:
-        """``count=False``: a lookup that is not the response cache's (the ``cached`` rung), kept
-        out of the hit-rate counters and the cache stage latency."""
+    async def _cache_lookup(self, user_id: str, key: str, count: bool = True) -> tuple[int | None, dict | None]:
+        """(the user's current generation, the entry under ``key`` if computed at that
+        generation), in one cache round trip; (None, None) when the cache is off or failing.
+        ``count=False``: kept out of the hit-rate counters and the cache stage latency (explain)."""
         if not self.cache.enabled:
-            self._cache_result["bypass"].inc()
-            return None
+            if count:
+                self._cache_result["bypass"].inc()
+            return None, None
         breaker = self.breakers["redis"]
         permit = breaker.allow()
         if permit is None:
-            self._cache_result["error"].inc()
-            return None
+            if count:
+                self._cache_result["error"].inc()
+            return None, None
         t = time.perf_counter()
         try:
-            value = await self.cache.get(key)
+            generation, raw = await self.cache.lookup(user_id, key)
+            entry = fresh_entry(raw, generation)
         except Exception as exc:  # noqa: BLE001 - any cache failure means "serve without cache"
             breaker.record_failure(permit)
             self.metrics.cache_errors.labels(operation="get").inc()
-            self._cache_result["error"].inc()
-            log.debug("cache get failed: %r", exc)
-            return None
+            if count:
+                self._cache_result["error"].inc()
+            log.debug("cache lookup failed: %r", exc)
+            return None, None
         except BaseException:  # cancelled: no verdict on Redis
             breaker.release(permit)
             raise
@@ -274,7 +281,29 @@ class Recommender:
                 self._stage["cache"].observe(time.perf_counter() - t)
         breaker.record_success(permit)
         if count:
-            self._cache_result["hit" if value is not None else "miss"].inc()
+            self._cache_result["hit" if entry is not None else "miss"].inc()
+        return generation, entry
+
+    async def _cache_get(self, key: str) -> bytes | None:
+        """A plain read that is not the response cache's lookup (the ``cached`` rung's last good
+        answer): kept out of the hit-rate counters and the cache stage latency."""
+        if not self.cache.enabled:
+            return None
+        breaker = self.breakers["redis"]
+        permit = breaker.allow()
+        if permit is None:
+            return None
+        try:
+            value = await self.cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - any cache failure means "serve without cache"
+            breaker.record_failure(permit)
+            self.metrics.cache_errors.labels(operation="get").inc()
+            log.debug("cache get failed: %r", exc)
+            return None
+        except BaseException:  # cancelled: no verdict on Redis
+            breaker.release(permit)
+            raise
+        breaker.record_success(permit)
         return value
 
     async def _cache_set(self, key: str, value: bytes, ttl_s: int | None = None) -> None:
@@ -304,7 +333,7 @@ class Recommender:
         """The user's last good answer (``cached`` rung), None when there is none or no cache."""
         if not self.cache.enabled or self.settings.stale_ttl_s <= 0:
             return None
-        raw = await self._cache_get(stale_key(user_id), count=False)
+        raw = await self._cache_get(stale_key(user_id))
         return orjson.loads(raw) if raw is not None else None
 
     async def _call(self, name: str, method, request, budget_s: float, deadline: float,

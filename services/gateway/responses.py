@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import orjson
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 
-class JSONBytes(Response):
-    """JSON from bytes already serialised (the hot path) or from a plain object, via orjson."""
+class JSONBytes(JSONResponse):
+    """JSON from bytes already serialised (the hot path) or from a plain object, via orjson.
+    A ``JSONResponse`` so that OpenAPI documents a route's ``response_model`` under it."""
 
     media_type = "application/json"
 

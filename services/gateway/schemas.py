@@ -2,13 +2,24 @@
 
 Responses are serialised with orjson straight from dicts (``routes.recommend``), not through
 these models: they describe the contract, the hot path does not pay for validating its own output.
+
+``POST /events`` is validated strictly (:class:`EventIn`): no coercion of a bool or a string
+into a number, no unknown fields, RFC 3339 timestamps with their offset. The limits that are
+settings (events per batch, how far in the future ``ts`` may be) are checked by the route.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
+
+from common.realtime import EVENT_TYPES
 
 USER_ID_MAX = 64
+EVENT_ID_MAX = 128
 K_MAX = 100
 
 
@@ -41,3 +52,56 @@ class RecommendResponse(BaseModel):
     fallback: str | None = Field(None, description="null, or the fallback rung that served the request.")
     cached: bool
     request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer of the gateway (``responses.error``)."""
+
+    error: str
+    detail: list[str] | None = Field(None, description="One line per problem, e.g. `body.events.3.item_id: ...`.")
+
+
+# -- POST /events ------------------------------------------------------------------------------
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def parse_ts(value):
+    """An RFC 3339 date-time string -> epoch seconds; anything else is left to the number
+    validation (which refuses a bool)."""
+    if not isinstance(value, str):
+        return value
+    if not _RFC3339.fullmatch(value):
+        raise ValueError("ts must be epoch seconds or an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z")
+    try:  # the separator and the zone letter may be lower case in RFC 3339, not for fromisoformat
+        return datetime.fromisoformat(f"{value[:10]}T{value[11:].upper()}").timestamp()
+    except ValueError as exc:
+        raise ValueError(f"ts is not a valid RFC 3339 date-time: {exc}") from None
+
+
+Timestamp = Annotated[
+    float,
+    BeforeValidator(parse_ts),
+    Field(strict=True, ge=0, allow_inf_nan=False),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "description": "epoch seconds"},
+                              {"type": "string", "format": "date-time", "description": "RFC 3339"}]}),
+]
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str = Field(min_length=1, max_length=EVENT_ID_MAX, description="Client-chosen unique id: a replay is a duplicate, not a second event.")
+    user_id: str = Field(min_length=1, max_length=USER_ID_MAX)
+    item_id: StrictInt = Field(ge=0)
+    type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+    ts: Timestamp | None = Field(None, description="When it happened: epoch seconds or RFC 3339; default: when received.")
+    value: float | None = Field(None, strict=True, allow_inf_nan=False, description="E.g. the rating; a finite number.")
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1, description="1 .. GATEWAY_MAX_EVENTS_PER_BATCH events.")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="Events appended to the event stream.")
+    duplicates: int = Field(description="Events whose event_id was already accepted (also earlier in the same batch): not appended again.")

@@ -49,7 +49,15 @@ class GatewaySettings(BaseSettings):
     stale_ttl_s: int = Field(3600, ge=0, description="How long a user's last good answer is kept for the `cached` fallback rung (0: no such rung); needs the response cache on.")
     pipeline_config: Path | None = Field(None, description="The component pipeline file whose [fallback] ladder the gateway follows; unset = services/pipeline.toml.")
     cache_max_entries: int = Field(10000, ge=1, description="Size of the in-process cache used when REDIS_URL is unset.")
-    max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST /recommend body.")
+    max_body_bytes: int = Field(16384, ge=256, description="Largest accepted POST body (/recommend, /debug/explain); /events has GATEWAY_MAX_EVENTS_BODY_BYTES.")
+    max_events_body_bytes: int = Field(262144, ge=256, description="Largest accepted POST /events body (413 above it).")
+    max_events_per_batch: int = Field(500, ge=1, description="Most events accepted in one POST /events batch (422 above it).")
+    event_max_future_s: float = Field(300.0, ge=0, description="How far in the future an event's `ts` may be (clock skew) before the batch is refused with 422.")
+    event_dedup_ttl_s: int = Field(86400, ge=1, description="How long an accepted event_id is remembered: a replay within this window is counted as a duplicate, not appended again.")
+    events_timeout_ms: float = Field(500.0, gt=0, description="Socket timeout of the gateway's Redis calls for /events (the ingest script) and the exposure log writes; above it /events answers 503.")
+    exposure_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of /recommend answers written to the exposure log (needs REDIS_URL); 0 = none.")
+    exposure_queue_size: int = Field(10000, ge=1, description="Exposure records waiting to be written; when full, new ones are dropped (counted), never waited for.")
+    exposure_maxlen: int = Field(1000000, ge=1, description="Approximate length the exposure stream is trimmed to (XADD MAXLEN ~).")
     max_exclude_ids: int = Field(1000, ge=0, description="Most exclude_item_ids accepted in one request.")
     retrieval_max_in_flight: int = Field(4, ge=1, description="Most retrieval calls in flight at once (bulkhead); the rest wait in the gateway within their request deadline.")
     ranking_max_in_flight: int = Field(4, ge=1, description="Most ranking calls in flight at once (bulkhead); the rest wait in the gateway within their request deadline.")
@@ -61,7 +69,7 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL"),
-        description="Redis for the Feast online store and the response cache; unset = embedded SQLite online store.",
+        description="Redis for the Feast online store, the response cache, the event stream (POST /events) and the exposure log; unset = embedded SQLite online store, in-process cache, no /events.",
     )
     artifacts_dir: Path = Field(
         REPO_ROOT / "artifacts" / "current",

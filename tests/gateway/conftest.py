@@ -9,10 +9,14 @@ a real private Redis.
 * ``stack`` - a healthy stack (tracing on, Redis cache) shared by the API tests.
 * ``fragile`` - a stack the fallback tests break and repair: its gateway caches in a Redis of its
   own (so that Redis can be killed without touching the features), short breaker cool-down.
+* :func:`lone_gateway` - a gateway process alone (its retrieval and ranking addresses are
+  whatever the caller gives, by default nothing listens there: every answer is a fallback), for
+  what needs no services (``POST /events``) or a gateway of other settings beside a stack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,7 +29,7 @@ import grpc
 import httpx
 import pytest
 
-from deploy.local import Ports, Stack, start_redis, start_services, wait_ready
+from deploy.local import Ports, Stack, StackError, free_port, start_redis, start_services, wait_ready
 
 SERVICE_ENV = {"RETRIEVAL_WARMUP_REQUESTS": "5", "RANKING_WARMUP_REQUESTS": "5",
                "RETRIEVAL_GRACE_PERIOD_S": "1", "RANKING_GRACE_PERIOD_S": "1",
@@ -168,3 +172,30 @@ def known_users(bundle_path: Path) -> list[str]:
 
     ids = np.load(load_bundle(bundle_path, verify=False).path("user_ids"), allow_pickle=False)
     return [str(int(i)) for i in ids[1:] if i >= 0]
+
+
+@contextlib.contextmanager
+def lone_gateway(tmp: Path, bundle: Path, env: dict[str, str], timeout: float = 60.0) -> Iterator[httpx.Client]:
+    """A gateway process on a free port with ``env`` (REDIS_URL unset unless given; retrieval and
+    ranking at free ports unless given), once its /healthz answers; stopped on exit."""
+    stack = Stack(tmp)
+    port = free_port()
+    base = {"ARTIFACTS_DIR": str(bundle), "REDIS_URL": "", "GATEWAY_PORT": str(port),
+            "GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{free_port()}", "GATEWAY_RANKING_ADDR": f"127.0.0.1:{free_port()}"}
+    stack.start_module("gateway", "services.gateway", {**base, **env})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=url, timeout=5.0) as client:
+            while True:
+                stack.check_alive(["gateway"])
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get("/healthz", timeout=0.5).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise StackError(f"the gateway at {url} did not answer /healthz within {timeout:.0f}s")
+                time.sleep(0.1)
+            client.stack = stack  # type: ignore[attr-defined]
+            yield client
+    finally:
+        stack.stop_all()

@@ -19,14 +19,30 @@ def _get(app, method: str, path: str, **kw) -> httpx.Response:
     return asyncio.run(go())
 
 
+def _schema(response: dict) -> dict:
+    return response["content"]["application/json"]["schema"]
+
+
 def test_openapi_documents_every_route_and_status():
     paths = create_app(GatewaySettings()).openapi()["paths"]
-    assert set(paths) == {"/recommend", "/debug/explain", "/healthz", "/readyz"}  # /metrics is not part of the API
+    # /metrics is not part of the API
+    assert set(paths) == {"/recommend", "/events", "/debug/explain", "/healthz", "/readyz"}
     for op in paths["/debug/explain"].values():  # admin: every refusal documented
         assert {"200", "401", "404", "422"} <= set(op["responses"])
     assert set(paths["/recommend"]) == {"get", "post"}
-    for op in paths["/recommend"].values():
-        assert set(op["responses"]) == {"200", "422"}
+    error_model = {"$ref": "#/components/schemas/ErrorResponse"}
+    for method, op in paths["/recommend"].items():
+        responses = op["responses"]
+        # no 5xx: a failing dependency is a fallback answer (said in the description)
+        assert set(responses) == ({"200", "422"} if method == "get" else {"200", "413", "422"})
+        assert _schema(responses["200"]) == {"$ref": "#/components/schemas/RecommendResponse"}
+        assert all(_schema(responses[c]) == error_model for c in responses if c != "200")
+        assert "fallback" in op["description"]
+    events = paths["/events"]["post"]["responses"]
+    assert set(events) == {"202", "413", "422", "503"}
+    assert _schema(events["202"]) == {"$ref": "#/components/schemas/EventsAccepted"}
+    assert all(_schema(events[c]) == error_model for c in ("413", "422", "503"))
+    assert "Retry-After" in events["503"]["headers"]
     assert set(paths["/healthz"]["get"]["responses"]) == {"200"}
     assert set(paths["/readyz"]["get"]["responses"]) == {"200"}
 

@@ -1,5 +1,7 @@
 """``GET /recommend`` (user and k in the query) and ``POST /recommend`` (with request context and
-exclusions): both become one :class:`~services.gateway.pipeline.Query` for the recommender."""
+exclusions): both become one :class:`~services.gateway.pipeline.Query` for the recommender.
+Every answer is offered to the exposure log (:mod:`services.gateway.exposures`, sampled, off the
+response's path)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,22 @@ from opentelemetry import trace
 from services.gateway.deps import Runtime, RuntimeDep
 from services.gateway.pipeline import Query
 from services.gateway.responses import JSONBytes, error
-from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest, RecommendResponse, RequestContext
+from services.gateway.schemas import (
+    K_MAX,
+    USER_ID_MAX,
+    ErrorResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RequestContext,
+)
+
+DESCRIPTION = (
+    "Never a 5xx for a failing dependency: when retrieval, ranking or Redis fail or are slow, the answer "
+    "is still 200, from the first rung of the fallback ladder that can serve it, named in `fallback` "
+    "(`cached` is true when it is the user's last good answer or a cache hit)."
+)
+INVALID = {"model": ErrorResponse, "description": "Invalid request: one `detail` line per problem (`body.k: ...`)."}
+TOO_LARGE = {"model": ErrorResponse, "description": "Body larger than GATEWAY_MAX_BODY_BYTES."}
 
 
 async def serve(q: Query, runtime: Runtime) -> Response:
@@ -32,6 +49,9 @@ async def serve(q: Query, runtime: Runtime) -> Response:
     headers["x-request-id"] = request_id
     result = await runtime.recommender.recommend(q)
     runtime.metrics.requests.labels(code="200").inc()
+    if runtime.exposures is not None:
+        runtime.exposures.offer(request_id, q.user_id, result.items, result.model_version, result.fallback,
+                                result.cached)
     body = {
         "user_id": q.user_id, "items": result.items, "model_version": result.model_version,
         "fallback": result.fallback, "cached": result.cached, "request_id": request_id,
@@ -68,6 +88,7 @@ async def recommend_post(body: RecommendRequest, runtime: RuntimeDep):
 
 def register(app: FastAPI) -> None:
     app.add_api_route("/recommend", recommend_get, methods=["GET"], response_model=RecommendResponse,
-                    summary="Top-k items for a user")
+                      responses={422: INVALID}, summary="Top-k items for a user", description=DESCRIPTION)
     app.add_api_route("/recommend", recommend_post, methods=["POST"], response_model=RecommendResponse,
-                    summary="Top-k items with request context and exclusions")
+                      responses={413: TOO_LARGE, 422: INVALID},
+                      summary="Top-k items with request context and exclusions", description=DESCRIPTION)
