@@ -23,6 +23,8 @@ Acknowledging (f) is the stream's business (:mod:`services.events.stream`).
 
 from __future__ import annotations
 
+import heapq
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,7 +44,7 @@ CONTEXT, SEEN = "user_context", "user_seen"
 
 @dataclass
 class Outcome:
-    applied: Counter = field(default_factory=Counter)  # type -> events applied now
+    applied: Counter = field(default_factory=Counter)  # type -> events whose aggregates were applied now
     duplicates: int = 0  # events (partly) applied before: a redelivery
     anonymous: int = 0  # events of users without an integer id (no per-user state, no row)
     users: int = 0  # users whose state and rows changed
@@ -54,7 +56,7 @@ class _User:
     key: str
     events: list[Event] = field(default_factory=list)
     recent_before: dict[int, float] = field(default_factory=dict)
-    new_events: list[bool] = field(default_factory=list)
+    duplicates: int = 0  # interaction events already in the events ZSET
 
 
 class Applier:
@@ -92,12 +94,14 @@ class Applier:
             AggregateEvent(e.event_id, e.item_id, self.weights.get(e.type, 0.0), e.ts,
                            covisit=i in partners, partners=partners.get(i, ()))
             for i, e in enumerate(events)], now)
-        dup_ids = {e.event_id for u in users.values() for e, new in zip(u.events, u.new_events, strict=True) if not new}
+        lua_dups = 0
         for e, flag in zip(events, flags, strict=True):
-            if flag and e.event_id not in dup_ids:
+            if flag:
                 out.applied[e.type] += 1
             else:
-                out.duplicates += 1
+                lua_dups += 1
+        # a redelivery: the aggregates were applied before (script), or the per-user state (ZADD NX)
+        out.duplicates = max(lua_dups, sum(u.duplicates for u in users.values()))
         if users:
             self._rows_and_generations(users, rows, now)
         out.users = len(users)
@@ -105,76 +109,79 @@ class Applier:
 
     # -- b ------------------------------------------------------------------------------------
     def _user_state(self, users: list[_User], now: float) -> dict[int, tuple]:
+        """One pipeline: per user the recent ZSET before, one multi-member write per key, trims,
+        expiries, then the state and the stored Feast rows after."""
         fields = self.writer.fields_of([CONTEXT, SEEN])
+        plan = []
         with self.client.pipeline(transaction=False) as pipe:
             for u in users:
                 rk, ek, sk = user_recent_key(u.key), user_events_key(u.key), user_seen_key(u.key)
-                pipe.zrange(rk, 0, -1, withscores=True)
-                n_new = 0
-                has_recent = has_seen = False
+                ids: dict[str, float] = {}
+                recent: dict[str, float] = {}
+                seen: set[str] = set()
                 for e in u.events:
                     if e.type in self.recent_types:
-                        pipe.zadd(ek, {e.event_id: e.ts}, nx=True)
-                        pipe.zadd(rk, {str(e.item_id): e.ts}, gt=True)
-                        n_new += 1
-                        has_recent = True
+                        ids[e.event_id] = e.ts
+                        item = str(e.item_id)
+                        recent[item] = max(e.ts, recent.get(item, e.ts))  # ZADD GT keeps the max anyway
                     if e.type in self.seen_types:
-                        pipe.sadd(sk, str(e.item_id))
-                        has_seen = True
-                if has_recent:
+                        seen.add(str(e.item_id))
+                plan.append((len(ids), bool(seen)))
+                pipe.zrange(rk, 0, -1, withscores=True)
+                if ids:
+                    pipe.zadd(ek, ids, nx=True)  # reply: how many were new
+                    pipe.zadd(rk, recent, gt=True)
                     pipe.zremrangebyscore(ek, "-inf", f"({now - DAY_S!r}")
                     pipe.zremrangebyrank(rk, 0, -(N_RECENT + 1))
                     pipe.expire(ek, EVENTS_KEY_TTL_S)
                     pipe.expire(rk, self.state_ttl)
-                if has_seen:
+                if seen:
+                    pipe.sadd(sk, *seen)
                     pipe.expire(sk, self.state_ttl)
                 pipe.zrevrange(rk, 0, N_RECENT - 1, withscores=True)
                 pipe.zcount(ek, now - HOUR_S, "+inf")
                 pipe.zcount(ek, now - DAY_S, "+inf")
-                pipe.smembers(sk) if has_seen else pipe.exists(sk)
+                if seen:
+                    pipe.smembers(sk)
                 pipe.hmget(self.writer.layout.redis_key("user", u.uid), fields)
             replies = iter(pipe.execute())
         specs = [self.writer.views[CONTEXT], self.writer.views[SEEN]]
         rows = {}
-        for u in users:
-            u.recent_before = {int(m): float(s) for m, s in next(replies)}
-            for e in u.events:
-                if e.type in self.recent_types:
-                    u.new_events.append(bool(next(replies)))  # ZADD NX: 1 new, 0 seen before
+        for u, (n_ids, has_seen) in zip(users, plan, strict=True):
+            u.recent_before = {int(m): float(sc) for m, sc in next(replies)}
+            if n_ids:
+                u.duplicates = n_ids - int(next(replies))
+                for _ in range(5):
                     next(replies)
-                else:
-                    u.new_events.append(True)
-                if e.type in self.seen_types:
-                    next(replies)
-            has_recent = any(e.type in self.recent_types for e in u.events)
-            has_seen = any(e.type in self.seen_types for e in u.events)
-            for _ in range((4 if has_recent else 0) + (1 if has_seen else 0)):
-                next(replies)
-            recent_after = [(int(m), float(s)) for m, s in next(replies)]
+            if has_seen:
+                next(replies), next(replies)
+            recent_after = [(int(m), float(sc)) for m, sc in next(replies)]
             c1h, c24h = int(next(replies)), int(next(replies))
-            seen = next(replies)
+            seen_now = {int(x) for x in next(replies)} if has_seen else set()
             stored = self.writer.decode(next(replies), specs)
-            rows[u.uid] = (has_recent, has_seen, recent_after, c1h, c24h,
-                           {int(x) for x in seen} if has_seen else set(), stored)
+            rows[u.uid] = (n_ids > 0, has_seen, recent_after, c1h, c24h, seen_now, stored)
         return rows
 
     def _partners(self, users: dict[int, _User], events: Sequence[Event]) -> dict[int, list[int]]:
-        """Batch position of each co-visitation event -> its partner items: the user's other
-        items whose latest event precedes it by at most the window (stored state read before
-        this batch's writes, then the batch's earlier events)."""
+        """Batch position of each co-visitation event -> its partner items: among the user's
+        ``N_RECENT`` most recent other items before it (the recent ZSET as read before this
+        batch's writes, then the batch's earlier events), those at most the window older."""
         pos = {id(e): i for i, e in enumerate(events)}
         out: dict[int, list[int]] = {}
         for u in users.values():
-            earlier: list[tuple[int, float]] = []
+            earlier: dict[int, float] = {}
             for e in u.events:
                 if e.type not in self.recent_types:
                     continue
+                cand = {j: ts for j, ts in u.recent_before.items() if ts < e.ts}
+                for j, ts in earlier.items():
+                    if ts <= e.ts and ts >= cand.get(j, -math.inf):
+                        cand[j] = ts
+                cand.pop(e.item_id, None)
+                newest = heapq.nlargest(N_RECENT, cand.items(), key=lambda kv: (kv[1], kv[0]))
                 lo = e.ts - self.window
-                found = {j for j, ts in u.recent_before.items() if lo <= ts < e.ts}
-                found.update(j for j, ts in earlier if lo <= ts <= e.ts)
-                found.discard(e.item_id)
-                out[pos[id(e)]] = sorted(found)
-                earlier.append((e.item_id, e.ts))
+                out[pos[id(e)]] = sorted(j for j, ts in newest if ts >= lo)
+                earlier[e.item_id] = max(e.ts, earlier.get(e.item_id, -math.inf))
         return out
 
     # -- d, e ---------------------------------------------------------------------------------

@@ -12,8 +12,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.realtime import (
-    DEAD_LETTER, GROUP, ITEM_COUNTS, POPULAR, POPULAR_META, STREAM, Event, PopularScale, covisit_key,
-    event_id_key, generation_key, user_events_key, user_recent_key, user_seen_key,
+    DEAD_LETTER,
+    GROUP,
+    ITEM_COUNTS,
+    POPULAR,
+    POPULAR_META,
+    STREAM,
+    Event,
+    PopularScale,
+    covisit_key,
+    event_id_key,
+    generation_key,
+    user_events_key,
+    user_recent_key,
+    user_seen_key,
 )
 from feature_store.reader import FeatureReaderMetrics, build_reader
 from feature_store.repo.definitions import N_RECENT
