@@ -23,6 +23,7 @@ SETTINGS_MODELS = (
     "services.retrieval.settings:RetrievalSettings",
     "services.ranking.settings:RankingSettings",
     "services.gateway.settings:GatewaySettings",
+    "services.events.settings:EventsSettings",
     "common.telemetry:TelemetrySettings",
 )
 BEGIN, END = "<!-- config:begin -->", "<!-- config:end -->"

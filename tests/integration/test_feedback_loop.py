@@ -89,7 +89,7 @@ def test_a_click_leaves_the_next_answer_and_enters_the_user_context(loop: Loop):
         ex = client.get("/debug/explain", params={"user_id": user, "k": 10},
                         headers={"authorization": f"Bearer {TOKEN}"})
         assert ex.status_code == 200, ex.text
-        assert ex.json()["retrieval"]["user"]["recent_item_ids"][0] == item
+        assert ex.json()["explain"]["retrieval"]["user"]["recent_item_ids"][0] == item
         assert loop.redis.sismember(user_seen_key(user), item)
 
         # the same batch again: acknowledged as duplicates, applied once
