@@ -48,7 +48,7 @@ feature-apply: setup ## feast apply (registry from feature_store/repo)
 materialize: setup ## Materialise offline parquet into the online store (Redis or SQLite)
 	$(PY) -m feature_store materialize
 
-up: setup ## Start retrieval, ranking and gateway in the background (run/), wait for /readyz
+up: setup ## Start retrieval, ranking, gateway and (with Redis) the events consumer in the background (run/), wait for /readyz
 	$(PY) -m deploy.local up
 
 down: ## Stop exactly the processes `make up` started
@@ -71,7 +71,7 @@ torch-wheel: ## CPU torch wheel (Python 3.11) for the offline image into deploy/
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
 	  --index-url $(TORCH_INDEX_URL) -d deploy/build/wheels torch==$(TORCH_VERSION)
 
-bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end -> bench-results/*.json
+bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end, events loop -> bench-results/*.json
 	$(PY) -m benchmarks all
 
 loadtest: setup ## Locust, headless, against a running stack (HOST, USERS, DURATION); SLO check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -95,7 +96,9 @@ def run(
                          "fold into the interactions: the served feedback trains the next model.")] = None,
 ) -> None:
     """data -> train -> evaluate -> gate -> publish -> feast apply + materialise."""
-    cfg = PipelineConfig(events_path=events)
+    cfg = PipelineConfig()
+    if events is not None:
+        cfg = replace(cfg, events_path=events)
     if skip_if_current and events is not None:
         console.print("[yellow]--events given: building (--skip-if-current is ignored)[/]")
         skip_if_current = False
