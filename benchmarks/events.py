@@ -11,12 +11,14 @@ cache on) and the events consumer, then:
    generation bump -> cache miss -> retrieval and ranking on the new row. Without load.
 2. **baseline**: ``/recommend`` at ``--rate`` req/s (open loop, ``benchmarks.loadgen``, latency
    from each request's due time) with no events.
-3. **ingestion under load**: the same ``/recommend`` load while ``--posters`` connections post
-   batches of ``--batch`` events as fast as the gateway accepts them for ``--duration`` s;
-   accepted events/s (202s), applied events/s (the consumer group's progress), consumer lag
-   (entries and seconds) sampled every 0.1 s, and ``/recommend`` p50/p99 side by side with the
-   baseline.
-4. **recovery**: after the burst, the seconds until the group has applied everything (lag 0).
+3. **sustained ingestion under load**: the same ``/recommend`` load while events are offered at
+   ``--event-rate`` events/s (open loop: a batch of ``--batch`` every ``batch / rate`` s,
+   whatever the previous answers took) for ``--duration`` s: accepted events/s (202s), applied
+   events/s (the consumer group's progress), consumer lag (entries and seconds) sampled every
+   0.1 s, and ``/recommend`` p50/p99 side by side with the baseline.
+4. **burst and recovery**: ``--burst`` events posted as fast as ``--posters`` connections can
+   (the ingest capacity of ``/events`` on this machine), then the seconds from the last 202 until
+   the group has applied everything (lag 0).
 
 Lag comes from Redis itself (``XINFO GROUPS``: ``lag`` = not yet delivered, ``pending`` =
 delivered, not acknowledged), not from the consumer's own metrics. Writes
@@ -37,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+from common.realtime import STREAM
 from common.settings import REPO_ROOT
 from common.stats import percentile
 
@@ -122,17 +125,29 @@ def freshness(url: str, users: list[str], trials: int, k: int = 10, timeout_s: f
             "p99_ms": round(percentile(times, 99), 2), "max_ms": round(max(times), 2) if times else None}
 
 
-async def _post_events(host: str, port: int, users: list[str], items: list[int], batch: int, duration: float,
-                       posters: int) -> dict:
-    """``posters`` keep-alive connections posting batches back to back; counts 202s and their events."""
+async def _post_events(host: str, port: int, users: list[str], items: list[int], batch: int, *,
+                       posters: int, rate: float = 0.0, duration: float = 0.0, total: int = 0) -> dict:
+    """Batches of ``batch`` events over ``posters`` keep-alive connections. ``rate`` > 0: open
+    loop, batch i due at ``i * batch / rate`` for ``duration`` s (a late batch is sent at once and
+    counted); else back to back until ``total`` events were sent."""
     rng = random.Random(5)
-    stop = time.perf_counter() + duration
-    out = {"batches": 0, "accepted": 0, "errors": 0, "latencies_ms": []}
+    t0 = time.perf_counter()
+    n_batches = int(duration * rate / batch) if rate > 0 else -(-total // batch)
+    queue: asyncio.Queue[float] = asyncio.Queue()
+    for i in range(n_batches):
+        queue.put_nowait(t0 + i * batch / rate if rate > 0 else 0.0)
+    out = {"batches": 0, "accepted": 0, "errors": 0, "late": 0, "latencies_ms": []}
 
     async def one() -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            while time.perf_counter() < stop:
+            while not queue.empty():
+                due = queue.get_nowait()
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif rate > 0 and wait < -0.05:
+                    out["late"] += 1
                 now = time.time()
                 events = [{"event_id": uuid.uuid4().hex, "user_id": rng.choice(users), "item_id": rng.choice(items),
                            "type": rng.choice(("click", "view", "click", "add_to_cart")), "ts": now}
@@ -145,7 +160,7 @@ async def _post_events(host: str, port: int, users: list[str], items: list[int],
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 payload = await reader.readexactly(length)
-                out["latencies_ms"].append((time.perf_counter() - t) * 1000.0)
+                out["latencies_ms"].append((time.perf_counter() - max(t, due)) * 1000.0)
                 if head.startswith(b"HTTP/1.1 202"):
                     out["batches"] += 1
                     out["accepted"] += json.loads(payload)["accepted"]
@@ -155,6 +170,7 @@ async def _post_events(host: str, port: int, users: list[str], items: list[int],
             writer.close()
 
     await asyncio.gather(*(one() for _ in range(posters)))
+    out["seconds"] = time.perf_counter() - t0
     return out
 
 
@@ -195,12 +211,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"baseline: /recommend at {args.rate:.0f} req/s for {args.duration:.0f}s, no events…", flush=True)
         baseline = run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate)
 
-        print(f"ingestion: /recommend at {args.rate:.0f} req/s + {args.posters} connections posting batches of "
-              f"{args.batch} events for {args.duration:.0f}s…", flush=True)
+        print(f"sustained: /recommend at {args.rate:.0f} req/s + events offered at {args.event_rate:.0f}/s "
+              f"(batches of {args.batch}) for {args.duration:.0f}s…", flush=True)
         samples: list = []
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_lag, args=(redis.Redis.from_url(redis_url), stop, samples), daemon=True)
-        before_n = client.xlen("{recsys:ev}:stream")
+        before_n = client.xlen(STREAM)
         under: dict = {}
 
         def recommend_load() -> None:
@@ -208,34 +224,49 @@ def run(args: argparse.Namespace) -> dict:
 
         load = threading.Thread(target=recommend_load)
         sampler.start()
-        t0 = time.perf_counter()
         load.start()
-        posted = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, args.duration, args.posters))
-        t_burst = time.perf_counter() - t0
+        posted = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, posters=args.posters,
+                                          rate=args.event_rate, duration=args.duration))
         n_at_end, age_at_end = unapplied(client)
         load.join()
-        # recovery: until everything appended has been applied
+        stop.set()
+        sampler.join()
+        appended = client.xlen(STREAM) - before_n
+        applied = appended - n_at_end
+        lags = sorted(n for _, n, _ in samples)
+        ages = sorted(a for _, _, a in samples)
         t_end = time.perf_counter()
         while unapplied(client)[0] > 0 and time.perf_counter() - t_end < 120:
             time.sleep(0.05)
+
+        print(f"burst: {args.burst} events as fast as {args.posters} connections post them, then recovery…", flush=True)
+        burst = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, posters=args.posters,
+                                         total=args.burst))
+        t_end = time.perf_counter()
+        lag_after_burst = unapplied(client)[0]
+        while unapplied(client)[0] > 0 and time.perf_counter() - t_end < 300:
+            time.sleep(0.02)
         recovery = time.perf_counter() - t_end
-        stop.set()
-        sampler.join()
-        appended = client.xlen("{recsys:ev}:stream") - before_n
-        applied_during = appended - n_at_end
-        lags = [n for _, n, _ in samples]
-        ages = [a for _, _, a in samples]
+
+        def ms(x: float) -> float:
+            return round(x, 2)
+
         result = {
             "freshness": fresh,
             "freshness_p50_ms": fresh["p50_ms"], "freshness_p99_ms": fresh["p99_ms"],
-            "ingest": {"seconds": round(t_burst, 2), "batches": posted["batches"], "batch_size": args.batch,
-                       "posters": args.posters, "accepted": posted["accepted"], "errors": posted["errors"],
-                       "batch_p50_ms": round(percentile(posted["latencies_ms"], 50), 2),
-                       "batch_p99_ms": round(percentile(posted["latencies_ms"], 99), 2)},
-            "accepted_per_s": round(posted["accepted"] / t_burst, 1),
-            "applied_per_s": round(applied_during / t_burst, 1),
-            "lag_entries_max": max(lags) if lags else 0, "lag_entries_at_end": n_at_end,
-            "lag_seconds_max": round(max(ages), 3) if ages else 0.0, "lag_seconds_at_end": round(age_at_end, 3),
+            "sustained": {"seconds": round(posted["seconds"], 2), "offered_per_s": args.event_rate,
+                          "batch_size": args.batch, "batches": posted["batches"], "late_batches": posted["late"],
+                          "errors": posted["errors"], "batch_p50_ms": ms(percentile(posted["latencies_ms"], 50)),
+                          "batch_p99_ms": ms(percentile(posted["latencies_ms"], 99))},
+            "accepted_per_s": round(posted["accepted"] / posted["seconds"], 1),
+            "applied_per_s": round(applied / posted["seconds"], 1),
+            "lag_entries_p50": lags[len(lags) // 2] if lags else 0, "lag_entries_max": lags[-1] if lags else 0,
+            "lag_seconds_p50": round(ages[len(ages) // 2], 3) if ages else 0.0,
+            "lag_seconds_max": round(ages[-1], 3) if ages else 0.0,
+            "lag_entries_at_end": n_at_end, "lag_seconds_at_end": round(age_at_end, 3),
+            "burst": {"events": burst["accepted"], "seconds": round(burst["seconds"], 2),
+                      "accepted_per_s": round(burst["accepted"] / burst["seconds"], 1), "errors": burst["errors"],
+                      "lag_at_last_202": lag_after_burst},
             "recovery_s": round(recovery, 2),
             "recommend_rate": args.rate,
             "recommend_baseline": {k: baseline[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in baseline},
@@ -266,15 +297,20 @@ def report(result: dict) -> None:
 
     t.add_row("freshness 202 -> answer without the clicked item", f"p50 {f['p50_ms']} / p99 {f['p99_ms']} ms "
               f"({f['reflected']} of {f['trials']} reflected)", ok("freshness_p99_ms"))
-    t.add_row("events accepted by /events (202)", f"{result['accepted_per_s']:.0f}/s "
-              f"(batches of {result['ingest']['batch_size']}, p99 {result['ingest']['batch_p99_ms']} ms)", "")
-    t.add_row("events applied by the consumer", f"{result['applied_per_s']:.0f}/s", ok("applied_per_s"))
-    t.add_row("consumer lag during the burst", f"max {result['lag_entries_max']} entries / {result['lag_seconds_max']} s, "
-              f"{result['lag_entries_at_end']} at the end", "")
-    t.add_row("lag back to 0 after the burst", f"{result['recovery_s']} s", ok("recovery_s"))
+    su = result["sustained"]
+    t.add_row(f"events offered at {su['offered_per_s']:.0f}/s: accepted (202)", f"{result['accepted_per_s']:.0f}/s "
+              f"(batches of {su['batch_size']}, p99 {su['batch_p99_ms']} ms, {su['late_batches']} late)", "")
+    t.add_row("  applied by the consumer", f"{result['applied_per_s']:.0f}/s", ok("applied_per_s"))
+    t.add_row("  consumer lag", f"p50 {result['lag_entries_p50']} / max {result['lag_entries_max']} entries, "
+              f"p50 {result['lag_seconds_p50']} / max {result['lag_seconds_max']} s", "")
+    bu = result["burst"]
+    t.add_row(f"burst of {bu['events']} events as fast as possible", f"{bu['accepted_per_s']:.0f}/s accepted, "
+              f"{bu['lag_at_last_202']} not yet applied at the last 202", "")
+    t.add_row("  lag back to 0 after the burst", f"{result['recovery_s']} s", ok("recovery_s"))
     b, u = result["recommend_baseline"], result["recommend_under_ingest"]
-    t.add_row(f"/recommend at {result['recommend_rate']:.0f} req/s: p50 / p99", f"{b.get('p50_ms')} / {b.get('p99_ms')} ms "
-              f"alone, {u.get('p50_ms')} / {u.get('p99_ms')} ms during ingestion", "")
+    t.add_row(f"/recommend at {result['recommend_rate']:.0f} req/s: p50 / p99", f"{b.get('p50_ms', 0):.1f} / "
+              f"{b.get('p99_ms', 0):.1f} ms alone, {u.get('p50_ms', 0):.1f} / {u.get('p99_ms', 0):.1f} ms during the "
+              "sustained ingestion", "")
     console.print(t)
 
 
@@ -284,8 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rate", type=float, default=100.0, help="/recommend req/s offered during the runs")
     p.add_argument("--connections", type=int, default=16, help="/recommend connections")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of the baseline and of the ingestion run")
+    p.add_argument("--event-rate", type=float, default=2000.0, help="events/s offered in the sustained run")
     p.add_argument("--batch", type=int, default=100, help="events per POST /events")
-    p.add_argument("--posters", type=int, default=2, help="connections posting events")
+    p.add_argument("--posters", type=int, default=4, help="connections posting events")
+    p.add_argument("--burst", type=int, default=10000, help="events of the burst")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "events.json")
     args = p.parse_args([] if argv is None else argv)
     result = run(args)

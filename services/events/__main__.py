@@ -81,7 +81,8 @@ def run_consumer() -> int:
             return EXIT_CONFIG
         applier = Applier(client, writer, Aggregates(client, ev.popularity_half_life_s, ev.covisit_max_neighbors),
                           seen_types=ev.seen_type_set, recent_types=ev.recent_type_set, weights=ev.weights,
-                          covisit_window_s=ev.covisit_window_s, user_state_ttl_s=ev.user_state_ttl_s)
+                          covisit_window_s=ev.covisit_window_s, user_state_ttl_s=ev.user_state_ttl_s,
+                          covisit_max_partners=ev.covisit_max_partners)
         name = ev.resolved_consumer_name()
         consumer = Consumer(Stream(client, name), applier, catalog, metrics, ev)
         if stop_requested:

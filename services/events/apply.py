@@ -3,11 +3,13 @@
 A crash anywhere followed by a redelivery of the batch neither loses nor duplicates anything:
 
 b. **per-user state**, for users whose id :func:`services.features.parse_user_id` accepts (the
-   others only reach the aggregates): one pipeline of naturally idempotent commands:
-   ``ZADD events NX ts event_id`` (reply 0: seen before, a duplicate), ``ZADD recent GT ts item``
-   (interaction types), ``SADD seen item`` (seen types), trims (events older than a day, recent
-   beyond ``N_RECENT``), expiries; the recent ZSET is read *before* the writes (co-visitation
-   partners) and, with the counts, the seen set and the user's Feast rows, *after* them.
+   others only reach the aggregates): one script call per user (:data:`USER_SCRIPT`, on that
+   user's keys only) of naturally idempotent commands: ``ZADD events NX ts event_id`` (how many
+   were new: the rest are duplicates), ``ZADD recent GT ts item`` (interaction types), ``SADD
+   seen item`` (seen types), trims (events older than a day, recent beyond ``N_RECENT``),
+   expiries; it returns the recent ZSET as it was *before* the writes (co-visitation partners)
+   and, with the counts and the seen set, *after* them; the user's Feast rows come with it in
+   the same pipeline.
 c. **aggregates**: :mod:`services.events.aggregates` (one Lua script, skips events already applied).
 d. **Feast rows** of each touched user, recomputed from the state (a re-run writes the same row):
    ``user_context``: the recent ZSET newest first, then the items of the stored row not in it
@@ -36,6 +38,44 @@ from feature_store.writer import UserRow, UserRowWriter
 from services.events.aggregates import AggregateEvent, Aggregates
 from services.features import parse_user_id
 
+# Step b for one user, on that user's keys only (KEYS: recent, events, seen). ARGV: day cutoff,
+# hour cutoff, N_RECENT, events TTL, state TTL, then n + n (ts, event id) pairs, n + n (ts, item)
+# pairs, n + n seen items. Returns {recent before (flat item, ts), events new, recent after
+# (newest first, flat), count 1 h, count 24 h, seen set (or {})}. Every write is idempotent.
+USER_SCRIPT = """
+local day, hour, nrec = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local before = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local a = 6
+local nids = tonumber(ARGV[a])
+local new = 0
+if nids > 0 then
+  new = redis.call('ZADD', KEYS[2], 'NX', unpack(ARGV, a + 1, a + 2 * nids))
+end
+a = a + 1 + 2 * nids
+local nrecent = tonumber(ARGV[a])
+if nrecent > 0 then
+  redis.call('ZADD', KEYS[1], 'GT', unpack(ARGV, a + 1, a + 2 * nrecent))
+end
+a = a + 1 + 2 * nrecent
+if nids > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. day)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(nrec + 1))
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+local nseen = tonumber(ARGV[a])
+local seen = {}
+if nseen > 0 then
+  redis.call('SADD', KEYS[3], unpack(ARGV, a + 1, a + nseen))
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  seen = redis.call('SMEMBERS', KEYS[3])
+end
+local after = redis.call('ZREVRANGE', KEYS[1], 0, nrec - 1, 'WITHSCORES')
+local c1 = redis.call('ZCOUNT', KEYS[2], hour, '+inf')
+local c24 = redis.call('ZCOUNT', KEYS[2], day, '+inf')
+return {before, new, after, c1, c24, seen}
+"""
+
 DAY_S = 86400.0
 HOUR_S = 3600.0
 EVENTS_KEY_TTL_S = 2 * 86400  # the events ZSET only answers "how many in the last day"
@@ -62,7 +102,7 @@ class _User:
 class Applier:
     def __init__(self, client, writer: UserRowWriter, aggregates: Aggregates, *, seen_types, recent_types,
                  weights: dict[str, float], covisit_window_s: float, user_state_ttl_s: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 covisit_max_partners: int = 10, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.writer = writer
         self.aggregates = aggregates
@@ -71,7 +111,9 @@ class Applier:
         self.weights = dict(weights)
         self.window = float(covisit_window_s)
         self.state_ttl = int(user_state_ttl_s)
+        self.max_partners = min(int(covisit_max_partners), N_RECENT)
         self.clock = clock
+        self._user_script = client.register_script(USER_SCRIPT)
 
     def apply(self, events: Sequence[Event]) -> Outcome:
         now = self.clock()
@@ -109,13 +151,15 @@ class Applier:
 
     # -- b ------------------------------------------------------------------------------------
     def _user_state(self, users: list[_User], now: float) -> dict[int, tuple]:
-        """One pipeline: per user the recent ZSET before, one multi-member write per key, trims,
-        expiries, then the state and the stored Feast rows after."""
+        """One pipeline: per user one call of :data:`USER_SCRIPT` (the recent ZSET before, the
+        writes, trims, expiries, then the state after: all on the user's own keys, one slot) and
+        an ``HMGET`` of the stored Feast rows. Two commands a user instead of ~13 separate ones:
+        redis-py's per-reply parsing was 35 % of the consumer's CPU (2,650 -> see
+        docs/architecture.md#the-events-loop-post-events--servicesevents)."""
         fields = self.writer.fields_of([CONTEXT, SEEN])
         plan = []
         with self.client.pipeline(transaction=False) as pipe:
             for u in users:
-                rk, ek, sk = user_recent_key(u.key), user_events_key(u.key), user_seen_key(u.key)
                 ids: dict[str, float] = {}
                 recent: dict[str, float] = {}
                 seen: set[str] = set()
@@ -127,44 +171,35 @@ class Applier:
                     if e.type in self.seen_types:
                         seen.add(str(e.item_id))
                 plan.append((len(ids), bool(seen)))
-                pipe.zrange(rk, 0, -1, withscores=True)
-                if ids:
-                    pipe.zadd(ek, ids, nx=True)  # reply: how many were new
-                    pipe.zadd(rk, recent, gt=True)
-                    pipe.zremrangebyscore(ek, "-inf", f"({now - DAY_S!r}")
-                    pipe.zremrangebyrank(rk, 0, -(N_RECENT + 1))
-                    pipe.expire(ek, EVENTS_KEY_TTL_S)
-                    pipe.expire(rk, self.state_ttl)
-                if seen:
-                    pipe.sadd(sk, *seen)
-                    pipe.expire(sk, self.state_ttl)
-                pipe.zrevrange(rk, 0, N_RECENT - 1, withscores=True)
-                pipe.zcount(ek, now - HOUR_S, "+inf")
-                pipe.zcount(ek, now - DAY_S, "+inf")
-                if seen:
-                    pipe.smembers(sk)
+                args: list = [repr(now - DAY_S), repr(now - HOUR_S), N_RECENT, EVENTS_KEY_TTL_S, self.state_ttl,
+                              len(ids)]
+                for eid, ts in ids.items():
+                    args += (repr(ts), eid)
+                args.append(len(recent))
+                for item, ts in recent.items():
+                    args += (repr(ts), item)
+                args.append(len(seen))
+                args += sorted(seen)
+                self._user_script(keys=[user_recent_key(u.key), user_events_key(u.key), user_seen_key(u.key)],
+                                  args=args, client=pipe)
                 pipe.hmget(self.writer.layout.redis_key("user", u.uid), fields)
             replies = iter(pipe.execute())
         specs = [self.writer.views[CONTEXT], self.writer.views[SEEN]]
         rows = {}
         for u, (n_ids, has_seen) in zip(users, plan, strict=True):
-            u.recent_before = {int(m): float(sc) for m, sc in next(replies)}
+            before, new, after, c1h, c24h, seen_now = next(replies)
+            u.recent_before = {int(before[i]): float(before[i + 1]) for i in range(0, len(before), 2)}
             if n_ids:
-                u.duplicates = n_ids - int(next(replies))
-                for _ in range(5):
-                    next(replies)
-            if has_seen:
-                next(replies), next(replies)
-            recent_after = [(int(m), float(sc)) for m, sc in next(replies)]
-            c1h, c24h = int(next(replies)), int(next(replies))
-            seen_now = {int(x) for x in next(replies)} if has_seen else set()
+                u.duplicates = n_ids - int(new)
+            recent_after = [(int(after[i]), float(after[i + 1])) for i in range(0, len(after), 2)]
+            seen_now = {int(x) for x in seen_now} if has_seen else set()
             stored = self.writer.decode(next(replies), specs)
-            rows[u.uid] = (n_ids > 0, has_seen, recent_after, c1h, c24h, seen_now, stored)
+            rows[u.uid] = (n_ids > 0, has_seen, recent_after, int(c1h), int(c24h), seen_now, stored)
         return rows
 
     def _partners(self, users: dict[int, _User], events: Sequence[Event]) -> dict[int, list[int]]:
         """Batch position of each co-visitation event -> its partner items: among the user's
-        ``N_RECENT`` most recent other items before it (the recent ZSET as read before this
+        ``covisit_max_partners`` (<= ``N_RECENT``) most recent other items before it (the recent ZSET as read before this
         batch's writes, then the batch's earlier events), those at most the window older."""
         pos = {id(e): i for i, e in enumerate(events)}
         out: dict[int, list[int]] = {}
@@ -178,7 +213,7 @@ class Applier:
                     if ts <= e.ts and ts >= cand.get(j, -math.inf):
                         cand[j] = ts
                 cand.pop(e.item_id, None)
-                newest = heapq.nlargest(N_RECENT, cand.items(), key=lambda kv: (kv[1], kv[0]))
+                newest = heapq.nlargest(self.max_partners, cand.items(), key=lambda kv: (kv[1], kv[0]))
                 lo = e.ts - self.window
                 out[pos[id(e)]] = sorted(j for j, ts in newest if ts >= lo)
                 earlier[e.item_id] = max(e.ts, earlier.get(e.item_id, -math.inf))

@@ -60,6 +60,7 @@ class EventsSettings(BaseSettings):
     popularity_half_life_s: float = Field(21600.0, gt=0, description="Half-life of the live popularity's time decay.")
     covisit_window_s: float = Field(600.0, ge=0, description="Two items a user interacted with this close in time are co-visited (as models/covisit.py offline).")
     covisit_max_neighbors: int = Field(100, ge=1, description="Neighbours kept per item in the live co-visitation ZSETs (highest counts).")
+    covisit_max_partners: int = Field(10, ge=0, le=20, description="An event is paired with at most this many of the user's most recent other items within the window (each pair is 2 ZINCRBYs in Redis).")
     max_deliveries: int = Field(5, ge=1, description="An entry delivered more often than this goes to the dead letter stream.")
     claim_idle_ms: int = Field(30000, ge=1000, description="Pending entries idle this long (a crashed consumer's) are claimed by this one.")
     stream_retention_s: float = Field(7 * 86400.0, gt=0, description="Acknowledged stream entries older than this are trimmed (never an unacknowledged one); run `export` more often.")

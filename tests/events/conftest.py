@@ -75,7 +75,8 @@ def make_applier(client, writer, settings: EventsSettings | None = None, clock=t
     s = settings or EventsSettings()
     return Applier(client, writer, Aggregates(client, s.popularity_half_life_s, s.covisit_max_neighbors),
                    seen_types=s.seen_type_set, recent_types=s.recent_type_set, weights=s.weights,
-                   covisit_window_s=s.covisit_window_s, user_state_ttl_s=s.user_state_ttl_s, clock=clock)
+                   covisit_window_s=s.covisit_window_s, user_state_ttl_s=s.user_state_ttl_s,
+                   covisit_max_partners=s.covisit_max_partners, clock=clock)
 
 
 def make_consumer(client, writer, name: str = "test", **overrides) -> Consumer:
