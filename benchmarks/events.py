@@ -10,7 +10,8 @@ cache on) and the events consumer, then:
    the arrival of that first answer: ingest -> stream -> consumer -> Feast row + seen set ->
    generation bump -> cache miss -> retrieval and ranking on the new row. Without load.
 2. **baseline**: ``/recommend`` at ``--rate`` req/s (open loop, ``benchmarks.loadgen``, latency
-   from each request's due time) with no events.
+   from each request's due time) with no events, against a second gateway without a response
+   cache (every request runs the whole pipeline, in both runs).
 3. **sustained ingestion under load**: the same ``/recommend`` load while events are offered at
    ``--event-rate`` events/s (open loop: a batch of ``--batch`` every ``batch / rate`` s,
    whatever the previous answers took) for ``--duration`` s: accepted events/s (202s), applied
@@ -174,6 +175,33 @@ async def _post_events(host: str, port: int, users: list[str], items: list[int],
     return out
 
 
+def cpu_seconds(stack, names: list[str]) -> dict[str, float]:
+    """CPU seconds (user + system) each named process of ``stack`` has used so far (its
+    children too: the gateway's workers, none here)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name in names:
+        pid = stack.pid(name)
+        if pid is None:
+            continue
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def consumer_histograms(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the consumer's apply-time and batch-size histograms, from its /metrics."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        for name in ("recsys_events_apply_seconds", "recsys_events_batch_size"):
+            for part in ("sum", "count"):
+                if line.startswith(f"{name}_{part} "):
+                    out.setdefault(name, [0.0, 0.0])[0 if part == "sum" else 1] = float(line.split()[1])
+    return {k: tuple(v) for k, v in out.items()}
+
+
 def _sample_lag(client, stop: threading.Event, samples: list, period: float = 0.1) -> None:
     while not stop.is_set():
         n, age = unapplied(client)
@@ -186,7 +214,16 @@ def run(args: argparse.Namespace) -> dict:
 
     from benchmarks.e2e import run_loadgen
     from common.settings import ArtifactSettings
-    from deploy.local import Ports, Stack, materialize, start_redis, start_services
+    from deploy.local import (
+        Ports,
+        Stack,
+        free_port,
+        materialize,
+        service_env,
+        start_redis,
+        start_services,
+        wait_ready,
+    )
 
     artifacts = ArtifactSettings().artifacts_dir
     users, items = _users(artifacts), _items(artifacts)
@@ -201,7 +238,17 @@ def run(args: argparse.Namespace) -> dict:
         materialize(redis_url, stack.log_path("materialize"))
         ports = Ports.free()
         print(f"starting retrieval, ranking, gateway (cache on) and the events consumer (logs in {workdir})…", flush=True)
-        url = start_services(stack, ports, redis_url, events=True, gateway_env={"GATEWAY_CACHE_TTL_S": "60"})
+        url = start_services(stack, ports, redis_url, events=True, gateway_env={"GATEWAY_CACHE_TTL_S": "60"},
+                             extra_env={"EVENTS_NICE": str(args.consumer_nice)})
+        # the /recommend load goes to a second gateway without a response cache: every request
+        # runs the whole pipeline in both runs (with a cache, events would turn hits into misses
+        # and the side-by-side would compare hit rates, not the cost of ingestion)
+        nocache_port = free_port()
+        stack.start_module("gateway-nocache", "services.gateway", {
+            **service_env(ports, redis_url, {"EVENTS_NICE": str(args.consumer_nice)}),
+            "GATEWAY_PORT": str(nocache_port), "GATEWAY_CACHE_TTL_S": "0"})
+        wait_ready(stack, f"http://127.0.0.1:{nocache_port}/readyz", ["gateway-nocache"], 60)
+        load_url = f"http://127.0.0.1:{nocache_port}"
         client = redis.Redis.from_url(redis_url)
 
         print(f"freshness: {args.trials} trials…", flush=True)
@@ -209,7 +256,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  p50 {fresh['p50_ms']} / p99 {fresh['p99_ms']} ms ({fresh['missed']} not reflected)", flush=True)
 
         print(f"baseline: /recommend at {args.rate:.0f} req/s for {args.duration:.0f}s, no events…", flush=True)
-        baseline = run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate)
+        baseline = run_loadgen(load_url, users, args.connections, args.duration, workdir, rate=args.rate)
 
         print(f"sustained: /recommend at {args.rate:.0f} req/s + events offered at {args.event_rate:.0f}/s "
               f"(batches of {args.batch}) for {args.duration:.0f}s…", flush=True)
@@ -220,14 +267,20 @@ def run(args: argparse.Namespace) -> dict:
         under: dict = {}
 
         def recommend_load() -> None:
-            under.update(run_loadgen(url, users, args.connections, args.duration, workdir, rate=args.rate))
+            under.update(run_loadgen(load_url, users, args.connections, args.duration, workdir, rate=args.rate))
 
         load = threading.Thread(target=recommend_load)
+        procs = ["redis", "retrieval", "ranking", "gateway", "gateway-nocache", "events"]
+        cpu_before = cpu_seconds(stack, procs)
+        events_url = f"http://127.0.0.1:{ports.events_metrics}"
+        hist_before = consumer_histograms(events_url)
         sampler.start()
         load.start()
         posted = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, posters=args.posters,
                                           rate=args.event_rate, duration=args.duration))
         n_at_end, age_at_end = unapplied(client)
+        cpu_after = cpu_seconds(stack, procs)
+        hist_after = consumer_histograms(events_url)
         load.join()
         stop.set()
         sampler.join()
@@ -268,7 +321,13 @@ def run(args: argparse.Namespace) -> dict:
                       "accepted_per_s": round(burst["accepted"] / burst["seconds"], 1), "errors": burst["errors"],
                       "lag_at_last_202": lag_after_burst},
             "recovery_s": round(recovery, 2),
-            "recommend_rate": args.rate,
+            # cores each process used during the sustained run (2 cores here, shared with the
+            # load generators): the consumer's share is what applying 2,000 events/s costs
+            "cores_sustained": {n: round((cpu_after[n] - cpu_before.get(n, 0.0)) / posted["seconds"], 2)
+                                for n in cpu_after},
+            "consumer_batches_sustained": _batches(hist_before, hist_after),
+            "recommend_rate": args.rate, "consumer_nice": args.consumer_nice,
+            "consumer_drain_per_s": round(lag_after_burst / recovery, 1) if recovery > 0 else None,
             "recommend_baseline": {k: baseline[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in baseline},
             "recommend_under_ingest": {k: under[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in under},
             "cpu_count": os.cpu_count(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
@@ -281,12 +340,21 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def _batches(before: dict, after: dict) -> dict:
+    """Batches the consumer applied in a window: how many, their mean size and apply time."""
+    a0, a1 = before.get("recsys_events_apply_seconds", (0, 0)), after.get("recsys_events_apply_seconds", (0, 0))
+    b0, b1 = before.get("recsys_events_batch_size", (0, 0)), after.get("recsys_events_batch_size", (0, 0))
+    n = a1[1] - a0[1]
+    return {"batches": int(n), "mean_size": round((b1[0] - b0[0]) / n, 1) if n else None,
+            "mean_apply_ms": round((a1[0] - a0[0]) / n * 1000, 2) if n else None}
+
+
 def report(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    t = Table(title="events loop (private stack, response cache on)")
+    t = Table(title="events loop (private stack; freshness with the response cache on, /recommend load without)")
     for c in ("measure", "result", "target"):
         t.add_column(c)
     f = result["freshness"]
@@ -306,12 +374,16 @@ def report(result: dict) -> None:
     bu = result["burst"]
     t.add_row(f"burst of {bu['events']} events as fast as possible", f"{bu['accepted_per_s']:.0f}/s accepted, "
               f"{bu['lag_at_last_202']} not yet applied at the last 202", "")
-    t.add_row("  lag back to 0 after the burst", f"{result['recovery_s']} s", ok("recovery_s"))
+    t.add_row("  lag back to 0 after the burst", f"{result['recovery_s']} s (the consumer drained "
+              f"{result['consumer_drain_per_s']:.0f} events/s)", ok("recovery_s"))
     b, u = result["recommend_baseline"], result["recommend_under_ingest"]
     t.add_row(f"/recommend at {result['recommend_rate']:.0f} req/s: p50 / p99", f"{b.get('p50_ms', 0):.1f} / "
               f"{b.get('p99_ms', 0):.1f} ms alone, {u.get('p50_ms', 0):.1f} / {u.get('p99_ms', 0):.1f} ms during the "
               "sustained ingestion", "")
     console.print(t)
+    cores = ", ".join(f"{n} {c:.2f}" for n, c in result.get("cores_sustained", {}).items())
+    console.print(f"cores used during the sustained run: {cores} (of {result['cpu_count']}; load generators not counted)")
+    console.print(f"consumer batches during the sustained run: {result['consumer_batches_sustained']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -320,10 +392,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rate", type=float, default=100.0, help="/recommend req/s offered during the runs")
     p.add_argument("--connections", type=int, default=16, help="/recommend connections")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of the baseline and of the ingestion run")
-    p.add_argument("--event-rate", type=float, default=2000.0, help="events/s offered in the sustained run")
+    p.add_argument("--event-rate", type=float, default=2200.0, help="events/s offered in the sustained run")
     p.add_argument("--batch", type=int, default=100, help="events per POST /events")
     p.add_argument("--posters", type=int, default=4, help="connections posting events")
     p.add_argument("--burst", type=int, default=10000, help="events of the burst")
+    p.add_argument("--consumer-nice", type=int, default=0, help="EVENTS_NICE of the consumer")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "events.json")
     args = p.parse_args([] if argv is None else argv)
     result = run(args)

@@ -27,6 +27,7 @@ from common.realtime import ITEM_COUNTS, POPULAR, POPULAR_META, covisit_key, eve
 
 RESCALE_AFTER = 100.0  # half-lives between the epoch and now before scores are rescaled (2**100 << float max)
 ID_TTL_S = 86400  # an applied marker whose accepted key had already expired
+CHUNK = 25  # events per script call: ~2-3 ms of Redis time each (see Aggregates.apply)
 
 SCRIPT = r"""
 local cfg = cjson.decode(ARGV[1])
@@ -99,9 +100,21 @@ class Aggregates:
         self._script = client.register_script(SCRIPT)
 
     def apply(self, events: Sequence[AggregateEvent], now: float) -> list[int]:
-        """1 per event applied now, 0 per event applied before. One script call."""
+        """1 per event applied now, 0 per event applied before. One script call per
+        :data:`CHUNK` events, all in one pipeline: a script blocks every other Redis client while it runs
+        (500 events with 10 partners each took ~50 ms, the p99 of /recommend under ingestion);
+        each chunk is applied atomically and once, so chunking changes nothing else."""
         if not events:
             return []
+        with self.client.pipeline(transaction=False) as pipe:  # one round trip for every chunk
+            for i in range(0, len(events), CHUNK):
+                keys, args = self._chunk(events[i: i + CHUNK], now)
+                self._script(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        return [int(x) for reply in replies for x in reply]
+
+    def _chunk(self, events: Sequence[AggregateEvent], now: float) -> tuple[list[str], list[str]]:
+        """The script's keys and arguments for one chunk."""
         keys = [POPULAR, POPULAR_META, ITEM_COUNTS]
         index: dict[str, int] = {}
 
@@ -121,4 +134,4 @@ class Aggregates:
                "max_neighbors": self.max_neighbors, "id_ttl_s": ID_TTL_S, "events": packed}
         # cjson encodes an empty Lua table as an object: a list of partners is always given as
         # a list here (json.dumps), and ipairs over a decoded {} simply does nothing
-        return [int(x) for x in self._script(keys=keys, args=[json.dumps(cfg)])]
+        return keys, [json.dumps(cfg)]

@@ -102,7 +102,7 @@ class _User:
 class Applier:
     def __init__(self, client, writer: UserRowWriter, aggregates: Aggregates, *, seen_types, recent_types,
                  weights: dict[str, float], covisit_window_s: float, user_state_ttl_s: int,
-                 covisit_max_partners: int = 10, clock: Callable[[], float] = time.time) -> None:
+                 covisit_max_partners: int = 5, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.writer = writer
         self.aggregates = aggregates
