@@ -450,6 +450,8 @@ def report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from benchmarks.harness import write_json
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=2000, help="measured requests per 1-client run")
     p.add_argument("--warmup", type=int, default=200)
@@ -463,18 +465,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args([] if argv is None else argv)  # None: defaults (called from benchmarks/__main__)
     if args.modes:
         result = run_modes(args)
-        out = args.out or REPO_ROOT / "bench-results" / "e2e_modes.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
         report_modes(result)
-        print(f"wrote {out}")
+        write_json(args.out or REPO_ROOT / "bench-results" / "e2e_modes.json", result)
         return result
     args.out = args.out or REPO_ROOT / "bench-results" / "e2e.json"
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
     report(result)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -399,11 +399,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--consumer-nice", type=int, default=0, help="EVENTS_NICE of the consumer")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results" / "events.json")
     args = p.parse_args([] if argv is None else argv)
+    from benchmarks.harness import write_json
+
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
     report(result)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -208,6 +208,14 @@ def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, A
     return path
 
 
+def write_json(path: Path, result: dict) -> Path:
+    """``result`` as indented JSON at ``path`` (folders created); says where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
 def verdict(stats: dict[str, float], p50: float, p99: float) -> str:
     ok = stats["p50_ms"] <= p50 and stats["p99_ms"] <= p99
     return f"p50≤{p50:g} p99≤{p99:g} ms: {'met' if ok else 'MISSED'}"

@@ -8,7 +8,6 @@ moved is written with the generation its request started with, so it is never se
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
@@ -25,15 +24,7 @@ from services.gateway.cache import (
     fresh_entry,
     stale_key,
 )
-
-
-def _poll(fn, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
+from tests.gateway.conftest import poll
 
 
 @pytest.fixture()
@@ -48,20 +39,20 @@ def test_a_cached_answer_is_a_miss_right_after_the_users_generation_moves(stack,
     r.delete(generation_key(user))
     first = stack.get(user, k=k).json()
     assert first["cached"] is False
-    assert _poll(lambda: stack.get(user, k=k).json()["cached"]), "the full answer was cached"
+    assert poll(lambda: stack.get(user, k=k).json()["cached"]), "the full answer was cached"
     entry = orjson.loads(r.get(cache_key(first["model_version"], user, k, None, [])))
     assert entry["gen"] == 0 and entry["items"] == first["items"]
 
     r.incr(generation_key(user))  # the consumer applied an event of this user
     after = stack.get(user, k=k).json()
     assert after["cached"] is False and after["fallback"] is None, "computed again, not served from the cache"
-    assert _poll(lambda: stack.get(user, k=k).json()["cached"]), "the fresh answer is cached again"
+    assert poll(lambda: stack.get(user, k=k).json()["cached"]), "the fresh answer is cached again"
     assert orjson.loads(r.get(cache_key(first["model_version"], user, k, None, [])))["gen"] == 1
 
     r.incr(generation_key(user))
     assert stack.get(user, k=k).json()["cached"] is False
     # another user's generation does not touch this one's entries
-    assert _poll(lambda: stack.get(user, k=k).json()["cached"])
+    assert poll(lambda: stack.get(user, k=k).json()["cached"])
     r.incr(generation_key(known_users[21]))
     assert stack.get(user, k=k).json()["cached"] is True
 

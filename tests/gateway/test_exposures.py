@@ -17,16 +17,7 @@ import redis
 
 from common.realtime import EXPOSURES
 from deploy.local import Stack, start_redis
-from tests.gateway.conftest import lone_gateway
-
-
-def _poll(fn, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
+from tests.gateway.conftest import lone_gateway, poll
 
 
 def _exposures(r: redis.Redis, request_ids: set[str] | None = None) -> dict[str, dict]:
@@ -57,11 +48,11 @@ def test_full_and_cached_answers_are_logged_with_positions(stack, known_users, r
     user, k = known_users[30], 7
     t = time.time()
     first = stack.get(user, k=k).json()
-    assert _poll(lambda: stack.get(user, k=k).json()["cached"])
+    assert poll(lambda: stack.get(user, k=k).json()["cached"])
     hit = stack.get(user, k=k).json()
     post = stack.client.post("/recommend", json={"user_id": user, "k": 3, "exclude_item_ids": [1]}).json()
     wanted = {first["request_id"], hit["request_id"], post["request_id"]}
-    logged = _poll(lambda: (e := _exposures(r, wanted)) and len(e) == 3 and e)
+    logged = poll(lambda: (e := _exposures(r, wanted)) and len(e) == 3 and e)
     assert logged, _exposures(r, wanted)
     entry = logged[first["request_id"]]
     assert set(entry) == {"request_id", "user_id", "items", "model_version", "fallback", "cached", "bucket", "ts"}
@@ -82,7 +73,7 @@ def test_fallback_answers_are_logged_with_their_rung(tmp_path, bundle_path, own_
     with lone_gateway(tmp_path / "gw", bundle_path, {"REDIS_URL": url}) as gw:
         body = gw.get("/recommend", params={"user_id": "1", "k": 4}).json()
         assert body["fallback"] == "all_unavailable"
-        logged = _poll(lambda: _exposures(r, {body["request_id"]}))
+        logged = poll(lambda: _exposures(r, {body["request_id"]}))
         entry = logged[body["request_id"]]
         assert entry["fallback"] == "all_unavailable"
         assert json.loads(entry["items"]) == [[item, pos] for pos, item in enumerate(popular[:4])]
@@ -95,7 +86,7 @@ def test_explain_is_not_logged(tmp_path, bundle_path, own_redis):
         resp = gw.get("/debug/explain", params={"user_id": "1", "k": 3}, headers={"authorization": f"Bearer {token}"})
         assert resp.status_code == 200, resp.text
         gw.get("/recommend", params={"user_id": "1", "k": 3})  # a marker: once it is logged, so would be explain
-        assert _poll(lambda: r.xlen(EXPOSURES) >= 1)
+        assert poll(lambda: r.xlen(EXPOSURES) >= 1)
         time.sleep(0.2)
         assert r.xlen(EXPOSURES) == 1
 
@@ -130,7 +121,7 @@ def test_redis_down_never_fails_or_slows_a_request_and_is_counted(tmp_path, bund
         stack.signal("redis", signal.SIGKILL)
         for _ in range(5):
             assert gw.get("/recommend", params={"user_id": "1", "k": 3}).status_code == 200
-        assert _poll(lambda: _counter(gw.get("/metrics").text, 'gateway_exposures_total{outcome="failed"}') >= 1)
+        assert poll(lambda: _counter(gw.get("/metrics").text, 'gateway_exposures_total{outcome="failed"}') >= 1)
 
 
 def test_a_full_queue_drops_and_counts(tmp_path, bundle_path, own_redis):
