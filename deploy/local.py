@@ -528,6 +528,10 @@ def demo(k: int = typer.Option(5, min=1, max=100)) -> None:
     console.print(f"  curl -s -X POST {url}/recommend -H 'content-type: application/json' \\\n"
                   f"       -d '{{\"user_id\": \"{users[0]}\", \"k\": 10, \"context\": {{\"recent_item_ids\": [50, 181]}}, "
                   f"\"exclude_item_ids\": [50]}}'")
+    if info.events_url:
+        console.print(f"  curl -s -X POST {url}/events -H 'content-type: application/json' \\\n"
+                      f"       -d '{{\"events\": [{{\"event_id\": \"my-1\", \"user_id\": \"{users[0]}\", \"item_id\": 50, "
+                      f"\"type\": \"click\"}}]}}'   # 202; the consumer's metrics: {info.events_url}/metrics")
     console.print(f"  curl -s {url}/readyz ; curl -s {url}/metrics | grep gateway_ ; open {url}/docs")
 
 
