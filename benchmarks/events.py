@@ -202,6 +202,18 @@ def consumer_histograms(url: str) -> dict[str, tuple[float, float]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def gateway_counters(url: str) -> dict[str, float]:
+    """The gateway's fallback and dependency-error counters (by label) from its /metrics."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(("gateway_fallbacks_total{", "gateway_dependency_errors_total{")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def _sample_lag(client, stop: threading.Event, samples: list, period: float = 0.1) -> None:
     while not stop.is_set():
         n, age = unapplied(client)
@@ -274,6 +286,7 @@ def run(args: argparse.Namespace) -> dict:
         cpu_before = cpu_seconds(stack, procs)
         events_url = f"http://127.0.0.1:{ports.events_metrics}"
         hist_before = consumer_histograms(events_url)
+        gw_before = gateway_counters(load_url)
         sampler.start()
         load.start()
         posted = asyncio.run(_post_events("127.0.0.1", ports.gateway, users, items, args.batch, posters=args.posters,
@@ -281,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
         n_at_end, age_at_end = unapplied(client)
         cpu_after = cpu_seconds(stack, procs)
         hist_after = consumer_histograms(events_url)
+        gw_after = gateway_counters(load_url)
         load.join()
         stop.set()
         sampler.join()
@@ -326,6 +340,8 @@ def run(args: argparse.Namespace) -> dict:
             "cores_sustained": {n: round((cpu_after[n] - cpu_before.get(n, 0.0)) / posted["seconds"], 2)
                                 for n in cpu_after},
             "consumer_batches_sustained": _batches(hist_before, hist_after),
+            "recommend_fallbacks_sustained": {k: v - gw_before.get(k, 0.0) for k, v in gw_after.items()
+                                              if v - gw_before.get(k, 0.0) > 0},
             "recommend_rate": args.rate, "consumer_nice": args.consumer_nice,
             "consumer_drain_per_s": round(lag_after_burst / recovery, 1) if recovery > 0 else None,
             "recommend_baseline": {k: baseline[k] for k in ("p50_ms", "p99_ms", "requests", "errors", "fallbacks") if k in baseline},
@@ -384,6 +400,9 @@ def report(result: dict) -> None:
     cores = ", ".join(f"{n} {c:.2f}" for n, c in result.get("cores_sustained", {}).items())
     console.print(f"cores used during the sustained run: {cores} (of {result['cpu_count']}; load generators not counted)")
     console.print(f"consumer batches during the sustained run: {result['consumer_batches_sustained']}")
+    if result.get("recommend_fallbacks_sustained"):
+        console.print(f"[yellow]/recommend fallbacks and dependency errors during the sustained run: "
+                      f"{result['recommend_fallbacks_sustained']}[/yellow]")
 
 
 def main(argv: list[str] | None = None) -> dict:

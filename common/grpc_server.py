@@ -143,7 +143,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
-                    await context.abort(code, "deadline exceeded before the call started")
+                    try:
+                        await context.abort(code, "deadline exceeded before the call started")
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception:  # noqa: BLE001 - the client gave up first: no status can be sent
+                        # (grpc's ExecuteBatchError); a second abort below would raise UsageError
+                        raise asyncio.CancelledError from None
                 return await inner(request, context)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN

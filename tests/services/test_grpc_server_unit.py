@@ -57,6 +57,40 @@ def test_abort_keeps_its_code_and_message():
     assert _count(metrics, "INVALID_ARGUMENT") == 1
 
 
+class _ExpiredContext:
+    """A call whose deadline passed and whose client is gone: sending a status fails, as grpc's
+    ``execute_batch`` does then (seen under load: the wrapper then aborted twice, UsageError)."""
+
+    def __init__(self) -> None:
+        self.aborts = 0
+
+    def time_remaining(self) -> float:
+        return -0.001
+
+    async def abort(self, code, details):
+        self.aborts += 1
+        raise RuntimeError('Failed "execute_batch"')
+
+    def code(self):
+        return None
+
+
+def test_an_expired_call_whose_client_is_gone_is_dropped_without_a_second_abort():
+    metrics = ServiceMetrics("t")
+    called = []
+
+    async def rank(request, context):
+        called.append(request)
+
+    handler = grpc.unary_unary_rpc_method_handler(rank)
+    wrapped = ServerInterceptor(metrics)._wrap("/recsys.v1.RankingService/Rank", handler)
+    ctx = _ExpiredContext()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(wrapped.unary_unary(ranking_pb2.RankRequest(), ctx))
+    assert ctx.aborts == 1 and not called
+    assert _count(metrics, "CANCELLED") == 1
+
+
 @pytest.mark.parametrize(
     ("env", "enabled"),
     [
