@@ -33,6 +33,7 @@ class LiveState:
 
         self.client = client
         self.clock = clock
+        self._covisit = client.register_script(COVISIT_SCRIPT)
         self.errors = Counter("recsys_live_state_errors_total",
                               "Reads of the events loop's live state that failed (served from the bundle alone).",
                               ["read"], registry=REGISTRY if registry is None else registry)
@@ -58,38 +59,92 @@ class LiveState:
         ids = np.array([int(m) for m, _ in rows], np.int64)
         return ids, np.array([s for _, s in rows], np.float64) * factor
 
-    def covisitation(self, seeds: np.ndarray, per_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def covisitation(self, seeds: np.ndarray, per_seed: int, top: int) -> tuple[np.ndarray, np.ndarray]:
         """Live co-visitation neighbours of ``seeds`` (most recent first): (ids, score), with the
         offline table's score, count / sqrt(n_i n_j), summed over the seeds with
-        :func:`common.item_neighbors.seed_weights`; seeds themselves dropped. One round trip, a
-        second only when some seed has live neighbours."""
+        :func:`common.item_neighbors.seed_weights`; seeds themselves dropped; the best ``top``.
+
+        One script call (:data:`COVISIT_SCRIPT`, one round trip, only the best ``top`` come back).
+        Measured with 5 seeds and every item holding 100 live neighbours: in Python with two
+        pipelined round trips, 50 per seed, 1.8 ms a request (redis-py's per-pair parsing and
+        the loop); this script at 20 per seed 0.59 ms (0.33 ms of it inside Redis, 1.03 / 0.70
+        ms at 50), against 0.15 ms for a PING. The seeds' most recent ones carry most weight, so
+        the source asks 20 (``live_per_seed``)."""
         seeds = [int(s) for s in seeds]
-        if not seeds or per_seed <= 0:
+        if not seeds or per_seed <= 0 or top <= 0:
             return _EMPTY
-        with self.client.pipeline(transaction=False) as pipe:
-            for s in seeds:
-                pipe.zrevrange(covisit_key(s), 0, per_seed - 1, withscores=True)
-            pipe.hmget(ITEM_COUNTS, seeds)
-            *lists, seed_n = pipe.execute()
-        if not any(lists):
-            return _EMPTY
-        neighbours = sorted({int(m) for rows in lists for m, _ in rows})
-        nb_n = dict(zip(neighbours, self.client.hmget(ITEM_COUNTS, neighbours), strict=True))
         w = seed_weights(len(seeds))
-        score: dict[int, float] = {}
-        for pos, (rows, n_i) in enumerate(zip(lists, seed_n, strict=True)):
-            n_i = float(n_i or 0)
-            for member, count in rows:
-                j = int(member)
-                n_j = float(nb_n.get(j) or 0)
-                if n_i > 0 and n_j > 0:
-                    score[j] = score.get(j, 0.0) + w[pos] * count / np.sqrt(n_i * n_j)
-        for s in seeds:
-            score.pop(s, None)
-        if not score:
+        flat = self._covisit(keys=[ITEM_COUNTS, *(covisit_key(s) for s in seeds)],
+                             args=[per_seed, top, *seeds, *(repr(float(x)) for x in w)])
+        if not flat:
             return _EMPTY
-        ids = np.fromiter(score.keys(), np.int64, len(score))
-        return ids, np.fromiter(score.values(), np.float64, len(score))
+        return (np.array(flat[0::2], dtype=np.float64).astype(np.int64),
+                np.array(flat[1::2], dtype=np.float64))
+
+
+# KEYS: ITEM_COUNTS, then the seeds' co-visitation ZSETs; ARGV: per_seed, top, the seed ids,
+# their weights. Returns a flat {id, score, ...} list of the best ``top`` (ties: smaller id),
+# seeds left out.
+COVISIT_SCRIPT = """
+local per, top = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ns = #KEYS - 1
+local seed_ids, is_seed = {}, {}
+for s = 1, ns do
+  seed_ids[s] = ARGV[2 + s]
+  is_seed[ARGV[2 + s]] = true
+end
+local seed_n = redis.call('HMGET', KEYS[1], unpack(seed_ids))
+local lists, wanted, order = {}, {}, {}
+for s = 1, ns do
+  if tonumber(seed_n[s]) then
+    local rows = redis.call('ZREVRANGE', KEYS[1 + s], 0, per - 1, 'WITHSCORES')
+    lists[s] = rows
+    for i = 1, #rows, 2 do
+      local j = rows[i]
+      if not is_seed[j] and not wanted[j] then
+        wanted[j] = true
+        order[#order + 1] = j
+      end
+    end
+  end
+end
+if #order == 0 then return {} end
+local counts = redis.call('HMGET', KEYS[1], unpack(order))
+local n_of = {}
+for i, j in ipairs(order) do n_of[j] = tonumber(counts[i]) end
+local score = {}
+for s = 1, ns do
+  local rows = lists[s]
+  if rows then
+    local ni = tonumber(seed_n[s])
+    local w = tonumber(ARGV[2 + ns + s])
+    for i = 1, #rows, 2 do
+      local j = rows[i]
+      local nj = n_of[j]
+      if nj and nj > 0 and ni > 0 and not is_seed[j] then
+        score[j] = (score[j] or 0) + w * tonumber(rows[i + 1]) / math.sqrt(ni * nj)
+      end
+    end
+  end
+end
+local ids, num = {}, {}
+for j, _ in pairs(score) do
+  ids[#ids + 1] = j
+  num[j] = tonumber(j)
+end
+table.sort(ids, function(a, b)
+  local sa, sb = score[a], score[b]
+  if sa ~= sb then return sa > sb end
+  return num[a] < num[b]
+end)
+local out = {}
+for i = 1, math.min(#ids, top) do
+  local j = ids[i]
+  out[#out + 1] = j
+  out[#out + 1] = string.format('%.17g', score[j])
+end
+return out
+"""
 
 
 def live_state_for(reader: Any, registry=None) -> LiveState | None:

@@ -10,7 +10,7 @@ evaluation used (docs/contracts.md): on ml-100k it lifts merged-candidate recall
 
 Live co-visitation: with the events loop running, the consumer counts the same pairs as events
 arrive (``{recsys:ev}:covisit:<item>``); the first ``live_seeds`` seeds' live neighbours (at most
-``live_per_seed`` each), scored the same way (count / sqrt(n_i n_j), seed-weighted), are added
+``live_per_seed`` (20) each), scored the same way (count / sqrt(n_i n_j), seed-weighted), are added
 to the table's scores, so a pair users start watching together today is proposed today. One
 pipelined Redis round trip per request with seeds (a second only when there are live
 neighbours); ``live_seeds = 0`` turns it off. A failed read serves the table alone and is counted
@@ -30,7 +30,7 @@ from services.components.types import Candidates, Query
 class ItemToItemSource(CandidateSource):
     artifacts = ("item_neighbors",)
 
-    def __init__(self, name: str, *, live_seeds: int = 5, live_per_seed: int = 50, **options) -> None:
+    def __init__(self, name: str, *, live_seeds: int = 5, live_per_seed: int = 20, **options) -> None:
         super().__init__(name, **options)
         if live_seeds < 0 or live_per_seed < 1:
             raise ValueError("live_seeds must be >= 0 and live_per_seed >= 1")
@@ -51,7 +51,8 @@ class ItemToItemSource(CandidateSource):
             return Candidates(ids, scores, self.name)
         seeds = _unique_in_order(query.recent)[: self.live_seeds]
         try:
-            live_ids, live_scores = self.live.covisitation(seeds, self.live_per_seed)
+            # n + the recent items: those are dropped below and must not eat the top n
+            live_ids, live_scores = self.live.covisitation(seeds, self.live_per_seed, n + int(query.recent.size))
         except Exception as exc:  # noqa: BLE001 - Redis slow or down: the table alone
             self.live.failed("covisitation", exc)
             return Candidates(ids, scores, self.name)
