@@ -174,7 +174,6 @@ def known_users(bundle_path: Path) -> list[str]:
     return [str(int(i)) for i in ids[1:] if i >= 0]
 
 
-@contextlib.contextmanager
 def poll(fn, timeout: float = 5.0):
     """``fn()`` once it is truthy, or its last value after ``timeout`` seconds (for effects that
     land after the response: cache writes, the exposure log)."""
@@ -186,6 +185,7 @@ def poll(fn, timeout: float = 5.0):
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
 def lone_gateway(tmp: Path, bundle: Path, env: dict[str, str], timeout: float = 60.0) -> Iterator[httpx.Client]:
     """A gateway process on a free port with ``env`` (REDIS_URL unset unless given; retrieval and
     ranking at free ports unless given), once its /healthz answers; stopped on exit."""
