@@ -11,7 +11,7 @@ PROTO_OUT := common/proto
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help setup proto data artifacts artifacts-scale feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
+.PHONY: help setup proto data artifacts artifacts-scale bundles publish rollback feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,16 @@ artifacts: setup ## Data -> train -> evaluate -> gate -> publish -> feast apply 
 
 artifacts-scale: setup ## Synthetic 1M-item catalog from the trained item tower + tuned ANN index
 	$(PY) -m models scale
+
+bundles: setup ## Bundle versions, which is current / previous, the last deployments
+	$(PY) -m models list
+
+publish: setup ## Make VERSION=<folder> current (checksums, gate, live Feast registry checked; WHY=...)
+	@test -n "$(VERSION)" || { echo "usage: make publish VERSION=<version folder under artifacts/> [WHY=...]"; exit 2; }
+	$(PY) -m models publish "$(VERSION)" --why "$(or $(WHY),make publish)"
+
+rollback: setup ## Back to the previous current version in one step (WHY=...)
+	$(PY) -m models rollback --why "$(or $(WHY),make rollback)"
 
 feature-apply: setup ## feast apply (registry from feature_store/repo)
 	$(PY) -m feature_store apply

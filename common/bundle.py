@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,21 +129,22 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     return bundle
 
 
-def publish(staging: Path, artifacts_root: Path, version: str) -> Path:
+def publish(staging: Path, artifacts_root: Path, version: str,
+            why: str = "models run: trained, evaluated and gated") -> Path:
     """Move a verified staging folder to ``artifacts_root/version`` and point ``current`` at it.
 
     The switch is atomic: a new symlink is created beside ``current`` and renamed over it, so a
-    reader resolves either the old or the new version, never a partial one.
+    reader resolves either the old or the new version, never a partial one. ``previous`` keeps
+    the replaced version and the deployment log records the action
+    (:class:`common.deployments.Deployments`).
     """
+    from common.deployments import Deployments  # it imports this module
+
     load_bundle(staging)  # never publish something that would be refused at load time
     artifacts_root.mkdir(parents=True, exist_ok=True)
     target = artifacts_root / version
     if target.exists():
         raise BundleError(f"{target} already exists; versions are immutable")
     shutil.move(str(staging), str(target))
-    tmp = artifacts_root / f".current-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(version, target_is_directory=True)  # relative: the folder can be moved or mounted
-    os.replace(tmp, artifacts_root / "current")
+    Deployments(artifacts_root).switch(version, action="publish", why=why)
     return target

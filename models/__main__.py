@@ -1,4 +1,5 @@
-"""``python -m models data|run|scale`` (Makefile: ``data``, ``artifacts``, ``artifacts-scale``)."""
+"""``python -m models data|run|scale|list|publish|rollback`` (Makefile: ``data``, ``artifacts``,
+``artifacts-scale``, ``bundles``, ``publish``, ``rollback``)."""
 
 from __future__ import annotations
 
@@ -148,6 +149,60 @@ def scale(ctx: typer.Context) -> None:
     sub = typer.Typer(add_completion=False)
     sub.command()(scale_mod.build)
     sub(args=list(ctx.args), prog_name="python -m models scale")
+
+
+# -- the bundle lifecycle (models/lifecycle.py): what is live, switches validated and logged -----
+WhyOption = Annotated[str, typer.Option("--why", help="Why (recorded in the deployment log).")]
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who (default: $RECSYS_ACTOR, else the login name).")]
+
+
+@app.command("list")
+def list_bundles(history: Annotated[int, typer.Option(help="Show the last N deployment log entries.")] = 5) -> None:
+    """Bundle versions (created, metrics) and which is current / previous; the last deployments."""
+    from common.deployments import Deployments
+    from models.lifecycle import rows
+
+    root = PipelineConfig().artifacts_dir
+    table = Table(title=f"bundles in {root}")
+    for col in ("version", "created", "live", "two-tower recall@100", "ranked NDCG@10"):
+        table.add_column(col, no_wrap=col in ("version", "created"))
+    for r in rows(root):
+        table.add_row(r.version, r.created, r.role, "" if r.recall100 is None else f"{r.recall100:.4f}",
+                      "" if r.ranked_ndcg10 is None else f"{r.ranked_ndcg10:.4f}",
+                      style="bold green" if r.role == "current" else None)
+    console.print(table)
+    for a in Deployments(root).history()[-history:]:
+        console.print(f"  {a.at}  {a.action:<8} {a.version}  (replaced {a.replaced})  by {a.actor}: {a.why}")
+
+
+def _lifecycle(action) -> None:
+    from models.lifecycle import LifecycleError
+
+    try:
+        done = action()
+    except LifecycleError as exc:
+        console.print(f"[bold red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(f"[green]{done.action}: current = {done.version}[/] (previous = {done.replaced}); logged for {done.actor}. "
+                  "Services load it when they start (hot swap: issue 12, not yet).")
+
+
+@app.command()
+def publish(version: Annotated[str, typer.Argument(help="A version folder under artifacts/.")],
+            why: WhyOption = "manual publish", actor: ActorOption = None) -> None:
+    """Make VERSION current: checksums, the gate and the live Feast registry checked first."""
+    from models import lifecycle
+
+    _lifecycle(lambda: lifecycle.publish(PipelineConfig().artifacts_dir, version, FeatureStoreSettings(),
+                                         why=why, actor=actor))
+
+
+@app.command()
+def rollback(why: WhyOption = "manual rollback", actor: ActorOption = None) -> None:
+    """Back to the previous current version in one step (checked like publish)."""
+    from models import lifecycle
+
+    _lifecycle(lambda: lifecycle.rollback(PipelineConfig().artifacts_dir, FeatureStoreSettings(), why=why, actor=actor))
 
 
 if __name__ == "__main__":

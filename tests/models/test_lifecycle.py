@@ -1,0 +1,123 @@
+"""The bundle lifecycle on copies of the real bundle: publish, rollback, and every refusal
+(unknown version, a corrupt file, the gate, a bundle that does not fit the live Feast registry)
+leaving ``current`` where it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from common.deployments import CURRENT, PREVIOUS, Deployments
+from common.settings import FeatureStoreSettings
+from models import lifecycle
+from models.lifecycle import LifecycleError
+
+
+@pytest.fixture(scope="module")
+def registry() -> FeatureStoreSettings:
+    settings = FeatureStoreSettings(redis_url=None)
+    if not (Path(settings.data_dir) / "registry.db").is_file():
+        pytest.fail("no Feast registry: run `make artifacts` (make test does it first)")
+    return settings
+
+
+def _copy(bundle_path: Path, root: Path, version: str, edit=None) -> Path:
+    target = root / version
+    shutil.copytree(bundle_path.resolve(), target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    if edit is not None:
+        edit(manifest)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.fixture()
+def root(tmp_path, bundle_path) -> Path:
+    """An artifacts root with v1 current (as `models run` leaves it) and v2 beside it."""
+    r = tmp_path / "artifacts"
+    r.mkdir()
+    _copy(bundle_path, r, "v1")
+    Deployments(r).switch("v1", action="publish", why="first", actor="test")
+    _copy(bundle_path, r, "v2")
+    return r
+
+
+def test_publish_then_rollback_in_one_step_each_logged(root, registry):
+    d = Deployments(root)
+    done = lifecycle.publish(root, "v2", registry, why="better recall", actor="alice")
+    assert (d.pointer(CURRENT), d.pointer(PREVIOUS)) == ("v2", "v1")
+    assert (done.version, done.replaced, done.actor, done.why) == ("v2", "v1", "alice", "better recall")
+    assert (root / CURRENT / "manifest.json").is_file()  # a usable link, relative to the root
+    back = lifecycle.rollback(root, registry, why="p99 regression", actor="bob")
+    assert (d.pointer(CURRENT), d.pointer(PREVIOUS)) == ("v1", "v2")
+    assert back.action == "rollback" and back.replaced == "v2"
+    assert [(a.action, a.version, a.actor) for a in d.history()] == [
+        ("publish", "v1", "test"), ("publish", "v2", "alice"), ("rollback", "v1", "bob")]
+
+
+def _refused(root: Path, registry, version: str, match: str) -> None:
+    d = Deployments(root)
+    before = (d.pointer(CURRENT), d.pointer(PREVIOUS), len(d.history()))
+    with pytest.raises(LifecycleError, match=match):
+        lifecycle.publish(root, version, registry, why="x", actor="t")
+    assert (d.pointer(CURRENT), d.pointer(PREVIOUS), len(d.history())) == before
+
+
+def test_unknown_version_is_refused_naming_the_known_ones(root, registry):
+    _refused(root, registry, "v9", r"no bundle version 'v9'.*known: v1, v2")
+
+
+def test_a_corrupt_file_is_refused(root, registry, bundle_path):
+    with open(root / "v2" / "ranker.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    _refused(root, registry, "v2", "sha256 mismatch for ranker")
+
+
+def test_a_bundle_below_the_gate_is_refused(root, registry, bundle_path):
+    def worse(m):
+        m["metrics"]["retrieval"]["recall@100"] = 0.1
+
+    _copy(bundle_path, root, "v3", worse)
+    _refused(root, registry, "v3", "validation gate")
+
+
+def test_a_bundle_built_on_other_feature_views_is_refused(root, registry, bundle_path):
+    def other(m):
+        m["feature_views"]["user_profile"]["features"].append(["income", "Float32"])
+        m["ranker_features"].append({"name": "x", "dtype": "float32", "source": "user_profile:income"})
+
+    _copy(bundle_path, root, "v4", other)
+    _refused(root, registry, "v4", r"does not fit the live Feast registry: feature view user_profile.*income.*ranker input x")
+
+
+def test_rollback_without_a_previous_version_is_refused(tmp_path, bundle_path, registry):
+    r = tmp_path / "a"
+    r.mkdir()
+    _copy(bundle_path, r, "only")
+    Deployments(r).switch("only", action="publish", why="first", actor="t")
+    with pytest.raises(LifecycleError, match="no previous version"):
+        lifecycle.rollback(r, registry, why="x")
+
+
+def test_cli_list_publish_rollback(root, registry, monkeypatch):
+    from models import __main__ as cli
+    from models.config import PipelineConfig
+
+    monkeypatch.setattr(cli, "PipelineConfig", lambda: PipelineConfig(artifacts_dir=root))
+    monkeypatch.setattr(cli, "FeatureStoreSettings", lambda: registry)
+    runner = CliRunner()
+    r = runner.invoke(cli.app, ["publish", "v2", "--why", "ship it", "--actor", "ci"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli.app, ["list"])
+    assert r.exit_code == 0 and "v2" in r.output and "current" in r.output and "ship it" in r.output
+    r = runner.invoke(cli.app, ["publish", "nope"])
+    assert r.exit_code == 2 and "no bundle version 'nope'" in r.output
+    r = runner.invoke(cli.app, ["rollback", "--why", "bad canary"])
+    assert r.exit_code == 0, r.output
+    assert Deployments(root).pointer(CURRENT) == "v1"
