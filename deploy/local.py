@@ -67,7 +67,6 @@ class Ports:
     def from_settings(cls) -> Ports:
         """The configured ports (GATEWAY_PORT, RETRIEVAL_PORT, ...: defaults 8000/50051/50052)."""
         from services.events.settings import EventsSettings
-
         from services.gateway.settings import GatewaySettings
         from services.ranking.settings import RankingSettings
         from services.retrieval.settings import RetrievalSettings
