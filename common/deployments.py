@@ -42,8 +42,8 @@ class Action:
 
 
 def default_actor() -> str:
-    """Who acts: ``$RECSYS_ACTOR`` (CI, a bot), else the login name."""
-    return os.environ.get("RECSYS_ACTOR") or getpass.getuser()
+    """Who acts when the caller does not say (``--actor``): the login name."""
+    return getpass.getuser()
 
 
 class Deployments:

@@ -153,7 +153,7 @@ def scale(ctx: typer.Context) -> None:
 
 # -- the bundle lifecycle (models/lifecycle.py): what is live, switches validated and logged -----
 WhyOption = Annotated[str, typer.Option("--why", help="Why (recorded in the deployment log).")]
-ActorOption = Annotated[str | None, typer.Option("--actor", help="Who (default: $RECSYS_ACTOR, else the login name).")]
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who (default: the login name; CI passes its own).")]
 
 
 @app.command("list")
