@@ -190,6 +190,10 @@ class ServerSpec:
     metrics: ServiceMetrics
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+    # Blocking, called every ``poll_seconds`` on a worker thread once SERVING (e.g. a bundle hot
+    # swap, services/reload.py); None or poll_seconds <= 0: never.
+    poll: Callable[[], Any] | None = None
+    poll_seconds: float = 0.0
 
 
 async def serve(spec: ServerSpec) -> int:
@@ -230,6 +234,7 @@ async def serve(spec: ServerSpec) -> int:
              spec.name, f"{spec.host}:{bound}", httpd.server_port)
 
     exit_code = EXIT_OK
+    poll_task = None
     try:
         load_task = asyncio.ensure_future(asyncio.to_thread(spec.load))
         stop_task = asyncio.ensure_future(stop.wait())
@@ -248,8 +253,12 @@ async def serve(spec: ServerSpec) -> int:
                 for svc in ("", spec.service_full_name):
                     await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
                 log.info("%s: SERVING", spec.name)
+                if spec.poll is not None and spec.poll_seconds > 0:
+                    poll_task = asyncio.ensure_future(_poll(spec))
         await stop.wait()
         stop_task.cancel()
+        if poll_task is not None:
+            poll_task.cancel()
     finally:
         await health.enter_graceful_shutdown()
         log.info("%s: shutting down (grace %.1fs)", spec.name, spec.grace_seconds)
@@ -260,6 +269,15 @@ async def serve(spec: ServerSpec) -> int:
             load_task.cancel()
     log.info("%s: stopped", spec.name)
     return exit_code
+
+
+async def _poll(spec: ServerSpec) -> None:
+    while True:
+        await asyncio.sleep(spec.poll_seconds)
+        try:
+            await asyncio.to_thread(spec.poll)
+        except Exception:  # noqa: BLE001 - a failing poll must not stop the server
+            log.exception("%s: periodic task failed", spec.name)
 
 
 def configure_logging(level: str) -> None:

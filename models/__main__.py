@@ -184,7 +184,7 @@ def _lifecycle(action) -> None:
         console.print(f"[bold red]{exc}[/]")
         raise typer.Exit(2) from exc
     console.print(f"[green]{done.action}: current = {done.version}[/] (previous = {done.replaced}); logged for {done.actor}. "
-                  "Services load it when they start (hot swap: issue 12, not yet).")
+                  "Retrieval and ranking swap to it within their RELOAD_POLL_S.")
 
 
 @app.command()

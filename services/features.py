@@ -26,6 +26,7 @@ from common.grpc_server import ServiceMetrics
 log = logging.getLogger(__name__)
 
 _INT_ID = re.compile(r"[0-9]{1,18}")
+_UNSET = object()
 
 
 def describe_rows(event_ts: dict[str, float | None], now: float) -> dict[str, dict | None]:
@@ -70,6 +71,17 @@ class FeatureFetcher:
         self._errors_item = self.errors.labels(metrics.service, "item")
         self._log_every = max(1, log_every)
         self._n_errors = 0
+        self._live: Any = _UNSET
+
+    def live_state(self):
+        """The events loop's live state next to this fetcher's online store (:mod:`services.live`;
+        None without Redis). Built once: a hot swap's new pipeline gets the same object, and its
+        counter is registered once."""
+        if self._live is _UNSET:
+            from services.live import live_state_for
+
+            self._live = live_state_for(self.reader, self.metrics.registry)
+        return self._live
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._n_errors += 1

@@ -17,6 +17,7 @@ from common.settings import ArtifactSettings, FeatureStoreSettings
 from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
 from feature_store.backends import OnlineStoreConfigError, online_store_type
 from services.features import FeatureFetcher
+from services.reload import Reloader
 
 
 def check_online_store(feast: FeatureStoreSettings) -> None:
@@ -39,25 +40,41 @@ def run_service(
     *,
     name: str,
     service_full_name: str,
-    settings: Any,  # the service's settings: host, port, metrics_*, grace_period_s, warmup_requests, log_level
+    settings: Any,  # the service's settings: host, port, metrics_*, grace_period_s, warmup_requests, reload_poll_s, log_level
     servicer: Any,  # has a ``pipeline`` attribute, set once loaded
     add_servicer: Callable[[Any, Any], None],  # the generated add_*Servicer_to_server
     build_pipeline: Callable[[Bundle, FeatureFetcher, ServiceMetrics], Any],
+    keep_previous_s: float = 0.0,
 ) -> int:
+    """``keep_previous_s``: after a hot swap, how long the replaced pipeline stays in
+    ``servicer.previous`` (ranking: requests retrieved with the old version)."""
     artifacts = ArtifactSettings()
     feast = FeatureStoreSettings()
     configure_logging(settings.log_level)
     tracing = setup_tracing(TelemetrySettings(), name)
     metrics = ServiceMetrics(name)
 
+    reloader: list[Reloader] = []  # set by load(): the hot swap needs the feature fetcher it built
+
     def load() -> None:
         check_online_store(feast)
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256
-        reader = feature_reader(feast, metrics)
-        pipeline = build_pipeline(bundle, FeatureFetcher(reader, metrics), metrics)
-        pipeline.warm_up(settings.warmup_requests)
+        features = FeatureFetcher(feature_reader(feast, metrics), metrics)
+
+        def build(b: Bundle):
+            pipeline = build_pipeline(b, features, metrics)
+            pipeline.warm_up(settings.warmup_requests)
+            return pipeline
+
+        servicer.pipeline = build(bundle)
         metrics.set_model(bundle.version)
-        servicer.pipeline = pipeline
+        reloader.append(Reloader(name=name, artifacts_dir=artifacts.artifacts_dir, servicer=servicer, build=build,
+                                 registry=metrics.registry, set_model=metrics.set_model, loaded_root=bundle.root,
+                                 keep_previous_s=keep_previous_s))
+
+    def poll() -> None:
+        if reloader:
+            reloader[0].check()
 
     spec = ServerSpec(
         name=name,
@@ -71,6 +88,8 @@ def run_service(
         load=load,
         metrics=metrics,
         extra_interceptors=grpc_server_interceptors(tracing),
+        poll=poll,
+        poll_seconds=settings.reload_poll_s,
     )
     try:
         return asyncio.run(serve(spec))

@@ -162,7 +162,8 @@ class Recommender:
         if candidates is not None:
             self._observe_sources(candidates)
             if len(candidates.item_ids):  # an empty answer from a healthy retrieval is a full answer
-                ranked, rank_version = await self._rank(q, context, candidates, deadline, errors, explain)
+                ranked, rank_version = await self._rank(q, context, candidates, deadline, errors, explain,
+                                                        retrieved_with=version)
                 version = rank_version or version
         full = candidates is not None and (ranked is not None or not len(candidates.item_ids))
 
@@ -417,9 +418,11 @@ class Recommender:
         return response.candidates, response.model_version
 
     async def _rank(self, q: Query, context, candidates, deadline: float, errors: dict | None = None,
-                    explain: dict | None = None):
+                    explain: dict | None = None, retrieved_with: str | None = None):
+        """``retrieved_with``: the bundle version retrieval answered with (ranking scores with it
+        while it has it loaded: no answer mixes two versions during a hot swap)."""
         request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context,
-                                          explain=explain is not None)
+                                          explain=explain is not None, model_version=retrieved_with or "")
         t = time.perf_counter()
         response = await self._call("ranking", self.ranking.Rank, request,
                                     self.settings.ranking_timeout_ms / 1000.0, deadline, errors)

@@ -20,6 +20,7 @@ def main() -> int:
         servicer=RankingServicer(settings),
         add_servicer=ranking_pb2_grpc.add_RankingServiceServicer_to_server,
         build_pipeline=partial(build_pipeline, settings),
+        keep_previous_s=settings.keep_previous_s,
     )
 
 

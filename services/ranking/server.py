@@ -83,13 +83,23 @@ def rank(pipeline: RankingPipeline, settings: RankingSettings,
     return response
 
 
+def pick(current: RankingPipeline, previous: RankingPipeline | None, version: str) -> RankingPipeline:
+    """The pipeline of the version the candidates were retrieved with when it is still loaded
+    (the replaced one, for ``RANKING_KEEP_PREVIOUS_S`` after a hot swap), else the current one."""
+    if version and previous is not None and previous.version == version and current.version != version:
+        return previous
+    return current
+
+
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def __init__(self, settings: RankingSettings) -> None:
         self.settings = settings
         self.pipeline: RankingPipeline | None = None  # set once the artifacts are loaded
+        self.previous: RankingPipeline | None = None  # the replaced one, for a while after a hot swap
 
     async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext):
-        pipeline = await loaded(context, self.pipeline, "ranking")
+        current = await loaded(context, self.pipeline, "ranking")
+        pipeline = pick(current, self.previous, request.model_version)
         try:
             return rank(pipeline, self.settings, request)
         except InvalidRequest as exc:

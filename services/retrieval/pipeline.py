@@ -28,7 +28,6 @@ from services.components.merger import Merger
 from services.components.tracing import component_tracer, span
 from services.components.types import Candidates, Query
 from services.features import FeatureFetcher, describe_rows, parse_user_id
-from services.live import live_state_for
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class RetrievalPipeline:
     def load_artifacts(cls, bundle: Bundle, features: FeatureFetcher, metrics: ServiceMetrics,
                        config: RetrievalConfig | None = None) -> RetrievalPipeline:
         config = config if config is not None else load_config().retrieval
-        sources = build_sources(config, bundle, live_state_for(features.reader, metrics.registry))
+        sources = build_sources(config, bundle, features.live_state())
         filters = build_filters(config, bundle)
         pipeline = cls(version=bundle.version, sources=sources, filters=filters, merger=config.merger(),
                        features=features, metrics=metrics, user_ids=ModelInputs.from_bundle(bundle).user_ids[1:],

@@ -1,0 +1,119 @@
+"""Hot swap on real processes: retrieval and ranking follow ``current`` without a restart.
+
+Both services run over an artifacts root of their own (copies of the real bundle as v1 and v2)
+with a 0.2 s reload poll, reading the session's materialised Redis. While a client keeps calling
+Retrieve, ``current`` is switched to v2 (the deployment log's switch, as ``make publish`` does):
+both serve v2 within 2 s and no call fails; ranking keeps v1 loaded for requests retrieved with
+it; a corrupt v3 is refused while v2 keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from benchmarks.harness import run_service, service_env
+from common.deployments import Deployments
+from common.proto.recsys.v1 import (
+    ranking_pb2,
+    ranking_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+
+FAST = {"RETRIEVAL_WARMUP_REQUESTS": "20", "RANKING_WARMUP_REQUESTS": "20", "RETRIEVAL_GRACE_PERIOD_S": "1",
+        "RANKING_GRACE_PERIOD_S": "1", "RETRIEVAL_RELOAD_POLL_S": "0.2", "RANKING_RELOAD_POLL_S": "0.2"}
+
+
+def _copy(bundle_path: Path, root: Path, version: str) -> None:
+    target = root / version
+    shutil.copytree(bundle_path.resolve(), target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, bundle_path) -> Path:
+    r = tmp_path_factory.mktemp("hot-swap") / "artifacts"
+    r.mkdir()
+    for v in ("v1", "v2"):
+        _copy(bundle_path, r, v)
+    Deployments(r).switch("v1", action="publish", why="test", actor="test")
+    return r
+
+
+def _retrieve(stub, user: str = "1") -> retrieval_pb2.RetrieveResponse:
+    return stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id=user, k=50), timeout=5)
+
+
+def _until(fn, timeout: float) -> float:
+    t0 = time.monotonic()
+    while not fn():
+        assert time.monotonic() - t0 < timeout, f"not within {timeout}s"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_refused(
+        root, services_feast, tmp_path_factory):
+    env = service_env(services_feast, root / "current", FAST)
+    logs = tmp_path_factory.mktemp("hot-swap-logs")
+    with run_service("retrieval", env, logs) as retrieval, run_service("ranking", env, logs) as ranking, \
+            grpc.insecure_channel(retrieval.address) as rc, grpc.insecure_channel(ranking.address) as kc:
+        rstub, kstub = retrieval_pb2_grpc.RetrievalServiceStub(rc), ranking_pb2_grpc.RankingServiceStub(kc)
+        first = _retrieve(rstub)
+        assert first.model_version == "v1"
+
+        versions, errors, stop = [], [], threading.Event()
+
+        def load() -> None:  # a client that never stops calling during the swap
+            with grpc.insecure_channel(retrieval.address) as ch:
+                stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
+                while not stop.is_set():
+                    try:
+                        versions.append(_retrieve(stub, "7").model_version)
+                    except grpc.RpcError as exc:
+                        errors.append(exc.code())
+
+        client = threading.Thread(target=load)
+        client.start()
+        try:
+            time.sleep(0.3)
+            Deployments(root).switch("v2", action="publish", why="test", actor="test")
+            took = _until(lambda: _retrieve(rstub).model_version == "v2", 2.0)
+            rank = lambda version: kstub.Rank(ranking_pb2.RankRequest(  # noqa: E731
+                user_id="1", candidates=first.candidates, model_version=version), timeout=5).model_version
+            _until(lambda: rank("") == "v2", 2.0)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            client.join()
+        assert not errors, errors
+        assert set(versions) == {"v1", "v2"} and versions.index("v2") > 0
+        assert versions[versions.index("v2"):].count("v1") == 0  # once swapped, never back
+        assert took < 2.0
+        # candidates retrieved with v1 are still ranked by v1 (kept RANKING_KEEP_PREVIOUS_S)
+        assert rank("v1") == "v1" and rank("v2") == "v2" and rank("v0") == "v2"
+
+        # a corrupt bundle: refused, v2 keeps serving, counted
+        _copy(root / "v2", root, "v3")
+        with open(root / "v3" / "ranker.onnx", "r+b") as f:
+            f.seek(64)
+            f.write(b"\xff\xfe\xfd")
+        Deployments(root).switch("v3", action="publish", why="test", actor="test")
+
+        def refused(port: int, service: str) -> bool:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return f'recsys_bundle_reloads_total{{outcome="refused",service="{service}"}} 1.0' in text
+
+        _until(lambda: refused(retrieval.metrics_port, "retrieval") and refused(ranking.metrics_port, "ranking"), 3.0)
+        assert _retrieve(rstub).model_version == "v2" and rank("") == "v2"
+        assert "refused bundle v3, still serving v2" in retrieval.log_path.read_text()
