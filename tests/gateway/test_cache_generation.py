@@ -125,7 +125,7 @@ def test_an_answer_computed_while_the_generation_moved_is_never_served(redis_url
                 r.incr(generation_key(user))  # an event applied mid-request
             return common_pb2.CandidateList(item_ids=[3, 2, 1], scores=[0.3, 0.2, 0.1]), "v"
 
-        async def rank(q, context, cands, deadline, *_):
+        async def rank(q, context, cands, deadline, *_, **__):
             return cands, "v"
 
         rec._retrieve, rec._rank = retrieve, rank

@@ -352,7 +352,7 @@ def test_the_ladder_is_followed_in_its_configured_order():
         async def retrieve(q, context, deadline, *_):
             return candidates, "v"
 
-        async def rank(q, context, cands, deadline, *_):
+        async def rank(q, context, cands, deadline, *_, **__):
             if not state["rank_ok"]:
                 return None, None
             return common_pb2.CandidateList(item_ids=[32, 31, 30], scores=[0.9, 0.8, 0.7]), "v"
