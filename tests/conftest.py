@@ -40,3 +40,18 @@ def bundle_path() -> Path:
     if not (path / "manifest.json").is_file():
         pytest.fail("no artifacts/current bundle: run `make artifacts` (make test does it for you)")
     return path
+
+
+def copy_bundle(src: Path, root: Path, version: str, edit=None) -> Path:
+    """A copy of the bundle at ``src`` as ``root/version`` (its manifest says so; ``edit(manifest)``
+    may change it further): the lifecycle and hot-swap tests' versions."""
+    import json
+
+    target = root / version
+    shutil.copytree(Path(src).resolve(), target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["version"] = version
+    if edit is not None:
+        edit(manifest)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target

@@ -4,8 +4,6 @@ leaving ``current`` where it was."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from common.deployments import CURRENT, PREVIOUS, Deployments
 from common.settings import FeatureStoreSettings
 from models import lifecycle
 from models.lifecycle import LifecycleError
+from tests.conftest import copy_bundle
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +24,14 @@ def registry() -> FeatureStoreSettings:
     return settings
 
 
-def _copy(bundle_path: Path, root: Path, version: str, edit=None) -> Path:
-    target = root / version
-    shutil.copytree(bundle_path.resolve(), target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    if edit is not None:
-        edit(manifest)
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
 @pytest.fixture()
 def root(tmp_path, bundle_path) -> Path:
     """An artifacts root with v1 current (as `models run` leaves it) and v2 beside it."""
     r = tmp_path / "artifacts"
     r.mkdir()
-    _copy(bundle_path, r, "v1")
+    copy_bundle(bundle_path, r, "v1")
     Deployments(r).switch("v1", action="publish", why="first", actor="test")
-    _copy(bundle_path, r, "v2")
+    copy_bundle(bundle_path, r, "v2")
     return r
 
 
@@ -83,7 +71,7 @@ def test_a_bundle_below_the_gate_is_refused(root, registry, bundle_path):
     def worse(m):
         m["metrics"]["retrieval"]["recall@100"] = 0.1
 
-    _copy(bundle_path, root, "v3", worse)
+    copy_bundle(bundle_path, root, "v3", worse)
     _refused(root, registry, "v3", "validation gate")
 
 
@@ -92,14 +80,14 @@ def test_a_bundle_built_on_other_feature_views_is_refused(root, registry, bundle
         m["feature_views"]["user_profile"]["features"].append(["income", "Float32"])
         m["ranker_features"].append({"name": "x", "dtype": "float32", "source": "user_profile:income"})
 
-    _copy(bundle_path, root, "v4", other)
+    copy_bundle(bundle_path, root, "v4", other)
     _refused(root, registry, "v4", r"does not fit the live Feast registry: feature view user_profile.*income.*ranker input x")
 
 
 def test_rollback_without_a_previous_version_is_refused(tmp_path, bundle_path, registry):
     r = tmp_path / "a"
     r.mkdir()
-    _copy(bundle_path, r, "only")
+    copy_bundle(bundle_path, r, "only")
     Deployments(r).switch("only", action="publish", why="first", actor="t")
     with pytest.raises(LifecycleError, match="no previous version"):
         lifecycle.rollback(r, registry, why="x")

@@ -9,8 +9,6 @@ it; a corrupt v3 is refused while v2 keeps serving.
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,17 +25,10 @@ from common.proto.recsys.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from tests.conftest import copy_bundle
 
 FAST = {"RETRIEVAL_WARMUP_REQUESTS": "20", "RANKING_WARMUP_REQUESTS": "20", "RETRIEVAL_GRACE_PERIOD_S": "1",
         "RANKING_GRACE_PERIOD_S": "1", "RETRIEVAL_RELOAD_POLL_S": "0.2", "RANKING_RELOAD_POLL_S": "0.2"}
-
-
-def _copy(bundle_path: Path, root: Path, version: str) -> None:
-    target = root / version
-    shutil.copytree(bundle_path.resolve(), target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    (target / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def root(tmp_path_factory, bundle_path) -> Path:
     r = tmp_path_factory.mktemp("hot-swap") / "artifacts"
     r.mkdir()
     for v in ("v1", "v2"):
-        _copy(bundle_path, r, v)
+        copy_bundle(bundle_path, r, v)
     Deployments(r).switch("v1", action="publish", why="test", actor="test")
     return r
 
@@ -104,7 +95,7 @@ def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_ref
         assert rank("v1") == "v1" and rank("v2") == "v2" and rank("v0") == "v2"
 
         # a corrupt bundle: refused, v2 keeps serving, counted
-        _copy(root / "v2", root, "v3")
+        copy_bundle(root / "v2", root, "v3")
         with open(root / "v3" / "ranker.onnx", "r+b") as f:
             f.seek(64)
             f.write(b"\xff\xfe\xfd")
