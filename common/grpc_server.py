@@ -190,8 +190,8 @@ class ServerSpec:
     metrics: ServiceMetrics
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
-    # Blocking, called every ``poll_seconds`` on a worker thread once SERVING (e.g. a bundle hot
-    # swap, services/reload.py); None or poll_seconds <= 0: never.
+    # Blocking, called every ``poll_seconds`` on a worker thread once SERVING, and on SIGHUP (e.g.
+    # a bundle hot swap, services/reload.py); poll_seconds <= 0: on SIGHUP only; None: never.
     poll: Callable[[], Any] | None = None
     poll_seconds: float = 0.0
 
@@ -202,6 +202,15 @@ async def serve(spec: ServerSpec) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.Event()
+
+    def hangup() -> None:  # SIGHUP: poll now (a hot swap on demand, also with polling off)
+        if spec.poll is None or not serving.is_set():
+            log.info("%s: SIGHUP ignored (%s)", spec.name, "nothing to reload" if spec.poll is None else "not SERVING yet")
+            return
+        asyncio.ensure_future(_poll_once(spec))
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
 
     try:
         httpd, _thread = start_http_server(spec.metrics_port, addr=spec.metrics_host, registry=spec.metrics.registry)
@@ -253,6 +262,7 @@ async def serve(spec: ServerSpec) -> int:
                 for svc in ("", spec.service_full_name):
                     await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
                 log.info("%s: SERVING", spec.name)
+                serving.set()
                 if spec.poll is not None and spec.poll_seconds > 0:
                     poll_task = asyncio.ensure_future(_poll(spec))
         await stop.wait()
@@ -274,10 +284,14 @@ async def serve(spec: ServerSpec) -> int:
 async def _poll(spec: ServerSpec) -> None:
     while True:
         await asyncio.sleep(spec.poll_seconds)
-        try:
-            await asyncio.to_thread(spec.poll)
-        except Exception:  # noqa: BLE001 - a failing poll must not stop the server
-            log.exception("%s: periodic task failed", spec.name)
+        await _poll_once(spec)
+
+
+async def _poll_once(spec: ServerSpec) -> None:
+    try:
+        await asyncio.to_thread(spec.poll)
+    except Exception:  # noqa: BLE001 - a failing poll must not stop the server
+        log.exception("%s: periodic task failed", spec.name)
 
 
 def configure_logging(level: str) -> None:

@@ -20,5 +20,5 @@ class RankingSettings(BaseSettings):
     pipeline_config: Path | None = Field(None, description="The component pipeline (its [ranking] scorer); unset = services/pipeline.toml.")
     warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
     keep_previous_s: float = Field(30.0, ge=0, description="After a hot swap, how long the replaced bundle stays loaded to rank requests whose candidates were retrieved with it (RankRequest.model_version).")
-    reload_poll_s: float = Field(1.0, ge=0, description="How often ARTIFACTS_DIR (the `current` link) is checked for a new bundle, which is then loaded, verified, warmed and swapped in without a restart; 0 = never.")
+    reload_poll_s: float = Field(1.0, ge=0, description="How often ARTIFACTS_DIR (the `current` link) is checked for a new bundle, which is then loaded, verified, warmed and swapped in without a restart (SIGHUP: check now); 0 = on SIGHUP only.")
     log_level: str = Field("INFO", description="Log level of the ranking service.")

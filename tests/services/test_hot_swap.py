@@ -108,3 +108,22 @@ def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_ref
         _until(lambda: refused(retrieval.metrics_port, "retrieval") and refused(ranking.metrics_port, "ranking"), 3.0)
         assert _retrieve(rstub).model_version == "v2" and rank("") == "v2"
         assert "refused bundle v3, still serving v2" in retrieval.log_path.read_text()
+
+
+def test_sighup_swaps_at_once_with_polling_off(services_feast, tmp_path_factory, bundle_path):
+    import signal
+
+    root = tmp_path_factory.mktemp("hup") / "artifacts"
+    root.mkdir()
+    for v in ("v1", "v2"):
+        copy_bundle(bundle_path, root, v)
+    Deployments(root).switch("v1", action="publish", why="test", actor="test")
+    env = service_env(services_feast, root / "current", {**FAST, "RETRIEVAL_RELOAD_POLL_S": "0"})
+    with run_service("retrieval", env, tmp_path_factory.mktemp("hup-logs")) as retrieval, \
+            grpc.insecure_channel(retrieval.address) as ch:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(ch)
+        Deployments(root).switch("v2", action="publish", why="test", actor="test")
+        time.sleep(1.0)
+        assert _retrieve(stub).model_version == "v1"  # polling is off: nothing moves by itself
+        retrieval.proc.send_signal(signal.SIGHUP)
+        assert _until(lambda: _retrieve(stub).model_version == "v2", 2.0) < 2.0
