@@ -198,12 +198,9 @@ def stage_breakdown(before: dict, after: dict) -> dict[str, dict[str, float]]:
 
 # -- orchestration -----------------------------------------------------------------------------
 def _users(artifacts_dir: Path) -> list[str]:
-    import numpy as np
+    from benchmarks.harness import bundle_ids
 
-    from common.bundle import load_bundle
-
-    ids = np.load(load_bundle(artifacts_dir, verify=False).path("user_ids"), allow_pickle=False)
-    return [str(int(i)) for i in ids[1:] if i >= 0]
+    return [str(u) for u in bundle_ids(artifacts_dir, "user_ids")]
 
 
 def _running_stack():

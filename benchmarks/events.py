@@ -40,58 +40,26 @@ import time
 import uuid
 from pathlib import Path
 
-from common.realtime import STREAM
+from common.realtime import GROUP, STREAM
 from common.settings import REPO_ROOT
 from common.stats import percentile
 
 TARGETS = {"freshness_p99_ms": ("<=", 1000.0), "applied_per_s": (">=", 2000.0), "recovery_s": ("<=", 5.0)}
 
 
-def _users(artifacts_dir: Path) -> list[str]:
-    import numpy as np
-
-    from common.bundle import load_bundle
-
-    ids = np.load(load_bundle(artifacts_dir, verify=False).path("user_ids"), allow_pickle=False)
-    return [str(int(i)) for i in ids[1:] if i >= 0]
-
-
-def _items(artifacts_dir: Path) -> list[int]:
-    import numpy as np
-
-    from common.bundle import load_bundle
-
-    ids = np.load(load_bundle(artifacts_dir, verify=False).path("item_ids"), allow_pickle=False)
-    return [int(i) for i in ids[1:] if i >= 0]
-
-
 def unapplied(client) -> tuple[int, float]:
-    """(entries appended but not yet acknowledged by the group, seconds the oldest has waited)."""
-    from common.realtime import GROUP, STREAM
+    """(entries appended but not yet acknowledged by the group: undelivered + pending, seconds the
+    oldest of them has waited). Redis' own view (``Stream.lag``: XINFO GROUPS, XPENDING, XRANGE),
+    not the consumer's metrics."""
+    from services.events.stream import Stream
 
-    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-              for g in client.xinfo_groups(STREAM)}
-    g = groups.get(GROUP)
-    if g is None:
+    stream = Stream(client, "benchmark")  # read-only use: never reads as a consumer
+    group = next((g for g in stream.groups() if (g["name"].decode() if isinstance(g["name"], bytes)
+                                                 else g["name"]) == GROUP), None)
+    if group is None:
         return client.xlen(STREAM), 0.0
-    lag = int(g.get("lag") or 0)
-    pending = int(g.get("pending") or 0)
-    n = lag + pending
-    if n == 0:
-        return 0, 0.0
-    oldest = None
-    if pending:
-        summary = client.xpending(STREAM, GROUP)
-        oldest = summary.get("min")
-    if oldest is None:  # the oldest not yet delivered entry: the first after last-delivered-id
-        after = g["last-delivered-id"]
-        after = after.decode() if isinstance(after, bytes) else after
-        rows = client.xrange(STREAM, min=f"({after}", count=1)
-        oldest = rows[0][0] if rows else None
-    if oldest is None:
-        return n, 0.0
-    oldest = oldest.decode() if isinstance(oldest, bytes) else oldest
-    return n, max(0.0, time.time() - int(oldest.split("-")[0]) / 1000.0)
+    lag, age, _ = stream.lag()
+    return (lag or 0) + int(group.get("pending") or 0), age
 
 
 def freshness(url: str, users: list[str], trials: int, k: int = 10, timeout_s: float = 5.0) -> dict:
@@ -225,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
     import redis
 
     from benchmarks.e2e import run_loadgen
+    from benchmarks.harness import bundle_ids
     from common.settings import ArtifactSettings
     from deploy.local import (
         Ports,
@@ -238,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     artifacts = ArtifactSettings().artifacts_dir
-    users, items = _users(artifacts), _items(artifacts)
+    users, items = [str(u) for u in bundle_ids(artifacts, "user_ids")], bundle_ids(artifacts, "item_ids")
     if not shutil.which("redis-server"):
         raise SystemExit("benchmarks.events needs redis-server on PATH")
     workdir = Path(tempfile.mkdtemp(prefix="bench-events-", dir=REPO_ROOT / "run" if (REPO_ROOT / "run").is_dir() else None))

@@ -208,6 +208,14 @@ def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, A
     return path
 
 
+def bundle_ids(artifacts_dir: Path, name: str) -> list[int]:
+    """The real ids of a bundle's ``user_ids`` / ``item_ids`` array (row 0 is the padding row)."""
+    from common.bundle import load_bundle
+
+    ids = np.load(load_bundle(artifacts_dir, verify=False).path(name), allow_pickle=False)
+    return [int(i) for i in ids[1:] if i >= 0]
+
+
 def write_json(path: Path, result: dict) -> Path:
     """``result`` as indented JSON at ``path`` (folders created); says where."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from benchmarks.harness import bundle_ids
 from common.bundle import load_bundle
 from common.realtime import ITEM_COUNTS, POPULAR, POPULAR_META, PopularScale, covisit_key
 from services.components.sources.item_to_item import ItemToItemSource
@@ -81,7 +82,7 @@ def test_live_covisitation_adds_neighbours_of_the_recent_items(client, bundle):
     src.load_artifacts(bundle)
     seed = int(src.table.item_ids[0])
     table_ids, _ = src.table.lookup(np.array([seed]), 1000)
-    newcomer = int(next(i for i in bundle_items(bundle) if i not in set(table_ids.tolist()) and i != seed))
+    newcomer = int(next(i for i in bundle_ids(bundle.root, "item_ids") if i not in set(table_ids.tolist()) and i != seed))
     q = Query(user_id="1", uid=1, k=10, recent=np.array([seed], np.int64))
     src.attach(live)
     without = src.fetch(q, 20)
@@ -97,11 +98,6 @@ def test_live_covisitation_adds_neighbours_of_the_recent_items(client, bundle):
     off.load_artifacts(bundle)
     off.attach(live)
     assert off.live is None and newcomer not in off.fetch(q, 20).item_ids.tolist()
-
-
-def bundle_items(bundle) -> list[int]:
-    ids = np.load(bundle.path("item_ids"), allow_pickle=False)
-    return [int(i) for i in ids if i > 0]
 
 
 def _registry():
