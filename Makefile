@@ -11,7 +11,7 @@ PROTO_OUT := common/proto
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help setup proto data artifacts artifacts-scale bundles publish rollback feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ data: $(STAMP) ## Fetch MovieLens-100K from the recbole wheel into data/raw/
 artifacts: setup ## Data -> train -> evaluate -> gate -> publish -> feast apply + materialise
 	$(PY) -m models run
 
+candidate: setup ## Train and gate a new bundle beside current, not switched to (then canary / shadow / publish it)
+	$(PY) -m models run --no-publish
+
 artifacts-scale: setup ## Synthetic 1M-item catalog from the trained item tower + tuned ANN index
 	$(PY) -m models scale
 
@@ -51,6 +54,24 @@ publish: setup ## Make VERSION=<folder> current (checksums, gate, live Feast reg
 
 rollback: setup ## Back to the previous current version in one step (WHY=...)
 	$(PY) -m models rollback --why "$(or $(WHY),make rollback)"
+
+canary: setup ## Serve VERSION=<folder> to PERCENT=<0-100> % of users (checked like publish; again to ramp)
+	@test -n "$(VERSION)" -a -n "$(PERCENT)" || { echo "usage: make canary VERSION=<version folder> PERCENT=<0-100> [WHY=...]"; exit 2; }
+	$(PY) -m models canary "$(VERSION)" --percent "$(PERCENT)" --why "$(or $(WHY),make canary)"
+
+promote: setup ## The canary becomes current for everyone (WHY=...)
+	$(PY) -m models promote --why "$(or $(WHY),make promote)"
+
+abort: setup ## Drop the canary: every user on current again (WHY=...)
+	$(PY) -m models abort --why "$(or $(WHY),make abort)"
+
+shadow: setup ## Score with VERSION=<folder> in the shadow (VERSION=off stops it; WHY=...)
+	@test -n "$(VERSION)" || { echo "usage: make shadow VERSION=<version folder>|off [WHY=...]"; exit 2; }
+	$(PY) -m models shadow $(if $(filter off,$(VERSION)),--off,"$(VERSION)") --why "$(or $(WHY),make shadow)"
+
+experiment-report: setup ## Per-variant CTR with confidence intervals of experiment NAME=... (exposures + clicks in Redis)
+	@test -n "$(NAME)" || { echo "usage: make experiment-report NAME=<experiment in services/pipeline.toml>"; exit 2; }
+	$(PY) -m models experiment-report "$(NAME)"
 
 feature-apply: setup ## feast apply (registry from feature_store/repo)
 	$(PY) -m feature_store apply

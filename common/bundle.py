@@ -130,13 +130,13 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
 
 
 def publish(staging: Path, artifacts_root: Path, version: str,
-            why: str = "models run: trained, evaluated and gated") -> Path:
+            why: str = "models run: trained, evaluated and gated", make_current: bool = True) -> Path:
     """Move a verified staging folder to ``artifacts_root/version`` and point ``current`` at it.
 
     The switch is atomic: a new symlink is created beside ``current`` and renamed over it, so a
     reader resolves either the old or the new version, never a partial one. ``previous`` keeps
     the replaced version and the deployment log records the action
-    (:class:`common.deployments.Deployments`).
+    (:class:`common.deployments.Deployments`). ``make_current=False``: only moved into place.
     """
     from common.deployments import Deployments  # it imports this module
 
@@ -146,5 +146,6 @@ def publish(staging: Path, artifacts_root: Path, version: str,
     if target.exists():
         raise BundleError(f"{target} already exists; versions are immutable")
     shutil.move(str(staging), str(target))
-    Deployments(artifacts_root).switch(version, action="publish", why=why)
+    if make_current:  # else a candidate beside current: `python -m models canary|publish VERSION` later
+        Deployments(artifacts_root).switch(version, action="publish", why=why)
     return target

@@ -27,9 +27,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 from common.bundle import BundleError
+from common.status_http import start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,11 @@ class ServerSpec:
     # a bundle hot swap, services/reload.py); poll_seconds <= 0: on SIGHUP only; None: never.
     poll: Callable[[], Any] | None = None
     poll_seconds: float = 0.0
+    # The JSON of ``/status`` on the metrics port (health details: services/reload.py).
+    status: Callable[[], dict] | None = None
+    # The bundle versions loaded now: each is SERVING as health service "<service_full_name>/<version>"
+    # once loaded (the gateway pins requests to a new version when both services report it).
+    versions: Callable[[], set[str]] | None = None
 
 
 async def serve(spec: ServerSpec) -> int:
@@ -208,12 +214,12 @@ async def serve(spec: ServerSpec) -> int:
         if spec.poll is None or not serving.is_set():
             log.info("%s: SIGHUP ignored (%s)", spec.name, "nothing to reload" if spec.poll is None else "not SERVING yet")
             return
-        asyncio.ensure_future(_poll_once(spec))
+        asyncio.ensure_future(_poll_once(spec, versions))
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
 
     try:
-        httpd, _thread = start_http_server(spec.metrics_port, addr=spec.metrics_host, registry=spec.metrics.registry)
+        httpd, _thread = start_metrics_server(spec.metrics_port, spec.metrics_host, spec.metrics.registry, spec.status)
     except OSError as exc:
         log.error("%s: cannot serve metrics on %s:%d: %s", spec.name, spec.metrics_host, spec.metrics_port, exc)
         return EXIT_LOAD_FAILED
@@ -222,6 +228,7 @@ async def serve(spec: ServerSpec) -> int:
         options=[("grpc.so_reuseport", 0), *spec.options],  # a port clash must fail, not share
     )
     health = health_aio.HealthServicer()
+    versions = _VersionHealth(health, spec)
     for svc in ("", spec.service_full_name):
         await health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -261,10 +268,11 @@ async def serve(spec: ServerSpec) -> int:
                 gc.freeze()
                 for svc in ("", spec.service_full_name):
                     await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+                await versions.sync()
                 log.info("%s: SERVING", spec.name)
                 serving.set()
                 if spec.poll is not None and spec.poll_seconds > 0:
-                    poll_task = asyncio.ensure_future(_poll(spec))
+                    poll_task = asyncio.ensure_future(_poll(spec, versions))
         await stop.wait()
         stop_task.cancel()
         if poll_task is not None:
@@ -281,15 +289,33 @@ async def serve(spec: ServerSpec) -> int:
     return exit_code
 
 
-async def _poll(spec: ServerSpec) -> None:
+class _VersionHealth:
+    """Per-version health: ``<service_full_name>/<version>`` is SERVING while that version is loaded."""
+
+    def __init__(self, health, spec: ServerSpec) -> None:
+        self.health, self.spec = health, spec
+        self.serving: set[str] = set()
+
+    async def sync(self) -> None:
+        if self.spec.versions is None:
+            return
+        now = self.spec.versions()
+        for version, status in [*((v, health_pb2.HealthCheckResponse.SERVING) for v in now - self.serving),
+                                *((v, health_pb2.HealthCheckResponse.NOT_SERVING) for v in self.serving - now)]:
+            await self.health.set(f"{self.spec.service_full_name}/{version}", status)
+        self.serving = set(now)
+
+
+async def _poll(spec: ServerSpec, versions: _VersionHealth) -> None:
     while True:
         await asyncio.sleep(spec.poll_seconds)
-        await _poll_once(spec)
+        await _poll_once(spec, versions)
 
 
-async def _poll_once(spec: ServerSpec) -> None:
+async def _poll_once(spec: ServerSpec, versions: _VersionHealth) -> None:
     try:
         await asyncio.to_thread(spec.poll)
+        await versions.sync()
     except Exception:  # noqa: BLE001 - a failing poll must not stop the server
         log.exception("%s: periodic task failed", spec.name)
 

@@ -14,6 +14,9 @@
 # published port in place of 127.0.0.1:8000; each line under `timeout UP_TIMEOUT_S`. Then it checks
 #   1. /recommend returns ranked items for a known and an unknown user (GET and POST, 422 on bad input);
 #   1b. a click posted to /events (202) removes the item from that user's next answer, past a cache hit;
+#   1c. README's compose-ship lines as written (<new> = the candidate they build): a candidate
+#       beside current, not served; canary 10 % of fresh users on it (variant says so); promote,
+#       rollback: every answer on the expected version within 10 s, no restart;
 #   2. Prometheus reports every scrape target up (its HTTP API), the events consumer's included;
 #   3. `stop ranking`     -> still 200, fallback = ranking_unavailable; `start` -> full answers again;
 #   4. `pause retrieval`  -> answered within the deadline with a fallback; `unpause` -> full again
@@ -218,6 +221,57 @@ while :; do
 done
 fresh_ms=$(( $("$PY" -c 'import time; print(int(time.time() * 1000))') - t0_ms ))
 say "ok: POST /events click on $clicked -> 202 (${ev_out% *}); the next answers dropped it after ~${fresh_ms} ms (cache hit bypassed)"
+
+# ---------------------------------------------------------------- 1c. shipping a model (README's compose-ship lines)
+mapfile -t ship < <(awk '/<!-- compose-ship:begin/ {on=1; next} /<!-- compose-ship:end/ {on=0} on && !/^```/ && NF' README.md)
+[ ${#ship[@]} -ge 4 ] || fail "README.md: no compose-ship lines between the compose-ship markers"
+next_user; rec GET "$USER_ID" 10; old_version=$(field 'b["model_version"]'); new_version=
+# versions_of N TAG -> VERSIONS: "version variant" of N fresh unknown users (no cache entry can answer)
+versions_of() {
+  VERSIONS=
+  for i in $(seq 1 "$1"); do
+    rec GET "ship-$2-$i-$RANDOM$RANDOM" 5
+    [ "$CODE" = 200 ] || fail "shipping: HTTP $CODE: $BODY"
+    VERSIONS+="$(field 'b["model_version"] + " " + b["variant"]')"$'\n'
+  done
+}
+wait_all_on() {  # wait_all_on VERSION WHAT: within 10 s, 20 fresh users all answered by VERSION
+  local deadline=$((SECONDS + 10))
+  until versions_of 20 "$2" && [ "$(printf '%s' "$VERSIONS" | awk -v v="$1" '$1 != v' | wc -l)" = 0 ]; do
+    [ $SECONDS -lt $deadline ] || fail "shipping ($2): not every answer on $1 after 10 s: $(printf '%s' "$VERSIONS" | sort | uniq -c | tr '\n' ' ')"
+    sleep 0.2
+  done
+}
+for line in "${ship[@]}"; do
+  cmd=${line//<new>/$new_version}
+  say "README\$ $cmd"
+  t0=$SECONDS
+  timeout "$UP_TIMEOUT_S" bash -o pipefail -c "$cmd" >"$LOG" 2>&1 \
+    || { line_rc=$?; tail -n 40 "$LOG"; fail "README's shipping line failed (exit $line_rc): $line"; }
+  say "  done in $((SECONDS - t0))s: $(tail -n 1 "$LOG" | cut -c1-160)"
+  case "$cmd" in
+    *"models run --no-publish"*)
+      new_version=$(compose run --rm --no-deps offline python -c "from common.deployments import Deployments as D
+d = D('artifacts'); cur = d.pointer('current'); print([b.version for b in d.versions() if b.version != cur][-1])" | tail -n 1)
+      [ -n "$new_version" ] && [ "$new_version" != "$old_version" ] || fail "shipping: no candidate beside $old_version"
+      next_user; rec GET "$USER_ID" 10
+      [ "$(field 'b["model_version"]')" = "$old_version" ] || fail "shipping: the candidate is served already: $BODY" ;;
+    *"models canary"*)
+      deadline=$((SECONDS + 10))
+      until versions_of 300 canary && printf '%s' "$VERSIONS" | grep -q "^$new_version canary"; do
+        [ $SECONDS -lt $deadline ] || fail "shipping: no user on the canary $new_version after 10 s"
+      done
+      on=$(printf '%s' "$VERSIONS" | grep -c "^$new_version canary" || true)
+      mixed=$(printf '%s' "$VERSIONS" | awk -v v="$new_version" '($1 == v) != ($2 ~ /canary/)' | wc -l)
+      [ "$mixed" = 0 ] || fail "shipping: answers whose version and variant disagree: $VERSIONS"
+      [ "$on" -ge 12 ] && [ "$on" -le 50 ] || fail "shipping: $on of 300 users on a 10 % canary"
+      say "ok: canary $new_version at 10 % -> $on of 300 fresh users on it, each answer's variant says canary" ;;
+    *"models promote"*)
+      wait_all_on "$new_version" promote; say "ok: promoted -> every fresh user on $new_version" ;;
+    *"models rollback"*)
+      wait_all_on "$old_version" rollback; say "ok: rolled back -> every fresh user on $old_version again" ;;
+  esac
+done
 
 # ---------------------------------------------------------------- 2. prometheus targets
 deadline=$((SECONDS + 60))

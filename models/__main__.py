@@ -1,5 +1,6 @@
-"""``python -m models data|run|scale|list|publish|rollback`` (Makefile: ``data``, ``artifacts``,
-``artifacts-scale``, ``bundles``, ``publish``, ``rollback``)."""
+"""``python -m models data|run|scale|list|publish|rollback|canary|promote|abort|shadow|experiment-report``
+(Makefile: ``data``, ``artifacts``, ``artifacts-scale``, ``bundles``, ``publish``, ``rollback``,
+``canary``, ``promote``, ``abort``, ``shadow``, ``experiment-report``)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ def merged_table(manifest: dict) -> Table | None:
 def run(
     skip_if_current: bool = typer.Option(False, "--skip-if-current", help="Exit 0 at once when artifacts/current loads and verifies."),
     materialize: bool = typer.Option(True, help="Materialise the features into the online store at the end."),
+    publish: bool = typer.Option(True, help="Make the new bundle current (--no-publish: a candidate beside current, "
+                                            "for `canary`, `shadow` or a later `publish`)."),
     events: Annotated[Path | None, typer.Option(
         "--events", help="An events export (`python -m services.events export --out PATH`, parquet or JSON lines) to "
                          "fold into the interactions: the served feedback trains the next model.")] = None,
@@ -128,14 +131,16 @@ def run(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=console) as progress:
         try:
-            target, manifest = run_pipeline(cfg, fs_settings, RichReporter(progress), materialize=materialize)
+            target, manifest = run_pipeline(cfg, fs_settings, RichReporter(progress), materialize=materialize,
+                                            make_current=publish)
         except GateError as exc:
             console.print(f"[bold red]{exc}[/]")
             raise typer.Exit(2) from exc
     console.print(metrics_table(manifest))
     if (merged := merged_table(manifest)) is not None:
         console.print(merged)
-    console.print(f"published {target} (artifacts/current) in {time.perf_counter() - t:.0f}s")
+    where = "published: artifacts/current" if publish else "a candidate, not current (python -m models canary|shadow|publish)"
+    console.print(f"{target.name} in {target.parent} ({where}) in {time.perf_counter() - t:.0f}s")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -159,7 +164,7 @@ ActorOption = Annotated[str | None, typer.Option("--actor", help="Who (default: 
 @app.command("list")
 def list_bundles(history: Annotated[int, typer.Option(help="Show the last N deployment log entries.")] = 5) -> None:
     """Bundle versions (created, metrics) and which is current / previous; the last deployments."""
-    from common.deployments import Deployments
+    from common.deployments import CURRENT, Deployments
     from models.lifecycle import rows
 
     root = PipelineConfig().artifacts_dir
@@ -169,10 +174,14 @@ def list_bundles(history: Annotated[int, typer.Option(help="Show the last N depl
     for r in rows(root):
         table.add_row(r.version, r.created, r.role, "" if r.recall100 is None else f"{r.recall100:.4f}",
                       "" if r.ranked_ndcg10 is None else f"{r.ranked_ndcg10:.4f}",
-                      style="bold green" if r.role == "current" else None)
+                      style="bold green" if r.role.startswith(CURRENT) else None)
     console.print(table)
     for a in Deployments(root).history()[-history:]:
-        console.print(f"  {a.at}  {a.action:<8} {a.version}  (replaced {a.replaced})  by {a.actor}: {a.why}")
+        pct = f" {a.percent:g}%" if a.percent is not None else ""
+        console.print(f"  {a.at}  {a.action:<10} {a.version}{pct}  (current was {a.replaced})  by {a.actor}: {a.why}")
+
+
+SWAP_NOTE = "Retrieval, ranking and the gateway follow within their RELOAD_POLL_S (or at once on SIGHUP / POST /admin/reload)."
 
 
 def _lifecycle(action) -> None:
@@ -183,8 +192,17 @@ def _lifecycle(action) -> None:
     except LifecycleError as exc:
         console.print(f"[bold red]{exc}[/]")
         raise typer.Exit(2) from exc
-    console.print(f"[green]{done.action}: current = {done.version}[/] (previous = {done.replaced}); logged for {done.actor}. "
-                  "Retrieval and ranking swap to it within their RELOAD_POLL_S.")
+    v, was, pct = done.version, done.replaced, f"{done.percent:g}" if done.percent is not None else "?"
+    what = {
+        "publish": f"current = {v} (previous = {was})",
+        "rollback": f"current = {v} (previous = {was})",
+        "promote": f"canary promoted: current = {v} (previous = {was})",
+        "canary": f"canary = {v} for {pct}% of users (current = {was})",
+        "abort": f"canary {v} aborted: every user on current = {was}",
+        "shadow": f"shadow ranker = {v} (scores beside current = {was})",
+        "shadow-off": f"shadow ranker {v} stopped",
+    }[done.action]
+    console.print(f"[green]{done.action}: {what}[/]; logged for {done.actor}. {SWAP_NOTE}")
 
 
 @app.command()
@@ -203,6 +221,71 @@ def rollback(why: WhyOption = "manual rollback", actor: ActorOption = None) -> N
     from models import lifecycle
 
     _lifecycle(lambda: lifecycle.rollback(PipelineConfig().artifacts_dir, FeatureStoreSettings(), why=why, actor=actor))
+
+
+@app.command()
+def canary(version: Annotated[str, typer.Argument(help="A version folder under artifacts/ (not the current one).")],
+           percent: Annotated[float, typer.Option("--percent", min=0.01, max=100.0,
+                                                  help="Share of users (0-100] served VERSION; again with another "
+                                                       "percent to ramp (the same users stay in).")],
+           why: WhyOption = "canary", actor: ActorOption = None) -> None:
+    """Serve VERSION to a deterministic share of users (checked like publish)."""
+    from models import lifecycle
+
+    _lifecycle(lambda: lifecycle.canary(PipelineConfig().artifacts_dir, version, percent, FeatureStoreSettings(),
+                                        why=why, actor=actor))
+
+
+@app.command()
+def promote(why: WhyOption = "canary promoted", actor: ActorOption = None) -> None:
+    """The canary becomes current for everyone (checked again first)."""
+    from models import lifecycle
+
+    _lifecycle(lambda: lifecycle.promote(PipelineConfig().artifacts_dir, FeatureStoreSettings(), why=why, actor=actor))
+
+
+@app.command()
+def abort(why: WhyOption = "canary aborted", actor: ActorOption = None) -> None:
+    """Drop the canary: every user is served current again."""
+    from models import lifecycle
+
+    _lifecycle(lambda: lifecycle.abort(PipelineConfig().artifacts_dir, why=why, actor=actor))
+
+
+@app.command()
+def shadow(version: Annotated[str | None, typer.Argument(help="The ranker version to score in the shadow.")] = None,
+           off: Annotated[bool, typer.Option("--off", help="Stop the shadow ranker.")] = False,
+           why: WhyOption = "shadow scoring", actor: ActorOption = None) -> None:
+    """Score every ranked request with VERSION too, after the answer (agreement in the metrics)."""
+    from models import lifecycle
+
+    if (version is None) != off:
+        console.print("[bold red]give a VERSION or --off[/]")
+        raise typer.Exit(2)
+    _lifecycle(lambda: lifecycle.shadow(PipelineConfig().artifacts_dir, version, FeatureStoreSettings(),
+                                        why=why, actor=actor))
+
+
+@app.command("experiment-report")
+def experiment_report(
+    name: Annotated[str, typer.Argument(help="An experiment of services/pipeline.toml ([[experiments]] name).")],
+    window_s: Annotated[float, typer.Option("--window-s", help="A click counts for the user's latest exposure "
+                                                               "showing the item at most this long before it.")] = 1800.0,
+    since: Annotated[str | None, typer.Option(help="Exposures from (epoch seconds or ISO 8601 with a zone).")] = None,
+    until: Annotated[str | None, typer.Option(help="Exposures before (epoch seconds or ISO 8601 with a zone).")] = None,
+    control: Annotated[str | None, typer.Option(help="The variant the others are compared with (default: "
+                                                     "'control', else the first by name).")] = None,
+    events: Annotated[Path | None, typer.Option("--events", help="An events export (parquet / JSONL) instead of the stream.")] = None,
+    exposures: Annotated[Path | None, typer.Option("--exposures", help="Exposure entries as JSONL instead of the stream.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of the table.")] = False,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence of the intervals.")] = 0.95,
+) -> None:
+    """Per-variant CTR (clicked exposures / exposures) with Wilson intervals, and each variant vs the
+    control (difference with Newcombe's interval, z-test p), from the exposure log and the clicks."""
+    from models.experiment_report import main_report
+
+    raise typer.Exit(main_report(name, window_s=window_s, since=since, until=until, control=control,
+                                 events_path=events, exposures_path=exposures, as_json=as_json, confidence=confidence))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The bundle lifecycle behind ``python -m models list | publish | rollback``: every switch validated.
+"""The bundle lifecycle behind ``python -m models list | publish | rollback | canary | promote | abort |
+shadow``: every switch validated.
 
 Before :class:`common.deployments.Deployments` points ``current`` anywhere, the target bundle
 must pass, in this order (the first failure refuses the action and nothing is switched):
@@ -12,7 +13,10 @@ must pass, in this order (the first failure refuses the action and nothing is sw
    than the ones the services read would be served wrong features.
 
 ``rollback`` checks the previous version the same way (a registry that moved on since makes an
-old bundle unservable too). The actions land in the deployment log with who and why.
+old bundle unservable too), ``canary`` and ``shadow`` check the version they start, and
+``promote`` checks the canary again (the registry may have moved while it ran). ``abort`` and
+``shadow --off`` stop something and check nothing. The actions land in the deployment log with
+who and why.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.bundle import Bundle, BundleError, load_bundle, metric
-from common.deployments import CURRENT, PREVIOUS, Action, Deployments
+from common.deployments import CURRENT, PREVIOUS, Action, Deployments, Rollout
 from common.settings import FeatureStoreSettings
 
 
@@ -107,18 +111,62 @@ def rollback(root: Path, settings: FeatureStoreSettings, *, why: str, actor: str
         raise LifecycleError(str(exc)) from exc
 
 
+def _run(action):
+    try:
+        return action()
+    except BundleError as exc:  # what Deployments refuses (no such canary, already current...)
+        raise LifecycleError(str(exc)) from exc
+
+
+def canary(root: Path, version: str, percent: float, settings: FeatureStoreSettings, *, why: str,
+           actor: str | None = None) -> Action:
+    check(root, version, settings)
+    return _run(lambda: Deployments(root).start_canary(version, percent, why=why, actor=actor))
+
+
+def promote(root: Path, settings: FeatureStoreSettings, *, why: str, actor: str | None = None) -> Action:
+    deployments = Deployments(root)
+    state = _run(deployments.rollout)
+    if state.canary is None:
+        raise LifecycleError("no canary to promote (start one with `canary VERSION --percent P`)")
+    check(root, state.canary.version, settings)
+    return _run(lambda: deployments.promote(why=why, actor=actor))
+
+
+def abort(root: Path, *, why: str, actor: str | None = None) -> Action:
+    return _run(lambda: Deployments(root).abort(why=why, actor=actor))
+
+
+def shadow(root: Path, version: str | None, settings: FeatureStoreSettings, *, why: str,
+           actor: str | None = None) -> Action:
+    if version is not None:
+        check(root, version, settings)
+    return _run(lambda: Deployments(root).set_shadow(version, why=why, actor=actor))
+
+
+def rollout(root: Path) -> Rollout:
+    return _run(Deployments(root).rollout)
+
+
 @dataclass(frozen=True)
 class Row:
     version: str
     created: str
-    role: str  # "current", "previous" or ""
+    role: str  # "current", "previous", "canary 10%", "shadow" (comma-separated) or ""
     recall100: float | None
     ranked_ndcg10: float | None
 
 
 def rows(root: Path) -> list[Row]:
     deployments = Deployments(root)
-    roles = {deployments.pointer(CURRENT): CURRENT, deployments.pointer(PREVIOUS): PREVIOUS}
+    roles: dict[str | None, list[str]] = {}
+    for name in (CURRENT, PREVIOUS):
+        roles.setdefault(deployments.pointer(name), []).append(name)
+    state = _run(deployments.rollout)
+    if state.canary is not None:
+        roles.setdefault(state.canary.version, []).append(f"canary {state.canary.percent:g}%")
+    if state.shadow is not None:
+        roles.setdefault(state.shadow, []).append("shadow")
 
     def m(b: Bundle, dotted: str) -> float | None:
         try:
@@ -126,5 +174,5 @@ def rows(root: Path) -> list[Row]:
         except (KeyError, TypeError, ValueError):
             return None
 
-    return [Row(b.version, b.manifest.get("created_at", ""), roles.get(b.version, ""),
+    return [Row(b.version, b.manifest.get("created_at", ""), ", ".join(roles.get(b.version, [])),
                 m(b, "retrieval.recall@100"), m(b, "ranked.ndcg@10")) for b in deployments.versions()]

@@ -378,8 +378,10 @@ class Reporter:
 
 
 def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Reporter | None = None,
-        materialize: bool = True) -> tuple[Path, dict]:
-    """The whole pipeline. Returns (published version folder, manifest). Raises GateError."""
+        materialize: bool = True, make_current: bool = True) -> tuple[Path, dict]:
+    """The whole pipeline. Returns (published version folder, manifest). Raises GateError.
+    ``make_current=False``: the gated bundle lands beside ``current`` as a candidate (canary it,
+    shadow it or publish it later)."""
     import torch
 
     from feature_store import store as fs
@@ -593,7 +595,7 @@ def run(cfg: PipelineConfig, fs_settings: FeatureStoreSettings, reporter: Report
             "timings_seconds": timings,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
-        target = publish(staging, Path(cfg.artifacts_dir), version)
+        target = publish(staging, Path(cfg.artifacts_dir), version, make_current=make_current)
 
     if materialize:
         with timed("feast_materialize"):

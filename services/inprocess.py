@@ -36,9 +36,11 @@ import grpc
 from common.bundle import Bundle, load_bundle
 from common.grpc_server import ServiceMetrics
 from common.settings import FeatureStoreSettings
+from services.arms import ArmNotLoaded, Arms
 from services.features import FeatureFetcher
 from services.ranking import server as ranking_server
 from services.ranking.settings import RankingSettings
+from services.reload import Reloader
 from services.retrieval import server as retrieval_server
 from services.retrieval.settings import RetrievalSettings
 from services.runner import check_online_store, feature_reader
@@ -73,6 +75,8 @@ class LocalMethod:
             response = self._handler(request)
         except InvalidRequest as exc:
             raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except ArmNotLoaded as exc:
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
         except Exception as exc:  # a bug or a broken artifact: what the gRPC interceptor maps to INTERNAL
             log.exception("unhandled error in in-process %s", self.name)
             raise rpc_error(grpc.StatusCode.INTERNAL, f"{self.name}: {type(exc).__name__}") from exc
@@ -84,22 +88,28 @@ class LocalMethod:
         return response
 
 
+def _arms(pipeline_or_arms) -> Arms:
+    return pipeline_or_arms if isinstance(pipeline_or_arms, Arms) else Arms.single(pipeline_or_arms)
+
+
 class LocalRetrieval:
-    """The in-process face of ``recsys.v1.RetrievalService`` (``Retrieve``)."""
+    """The in-process face of ``recsys.v1.RetrievalService`` (``Retrieve``). ``arms`` is read per
+    call, so a :class:`~services.reload.Reloader` swaps it as it does a servicer's."""
 
     def __init__(self, pipeline, settings: RetrievalSettings) -> None:
-        self.pipeline = pipeline
+        self.arms = _arms(pipeline)
         self.Retrieve = LocalMethod(  # noqa: N815 - the generated stub's method name
-            "retrieval", lambda request: retrieval_server.retrieve(pipeline, settings, request))
+            "retrieval", lambda request: retrieval_server.retrieve(self.arms, settings, request))
 
 
 class LocalRanking:
-    """The in-process face of ``recsys.v1.RankingService`` (``Rank``)."""
+    """The in-process face of ``recsys.v1.RankingService`` (``Rank``); a version it does not hold
+    is ``FAILED_PRECONDITION``, as from the servicer. No shadow ranker in this mode."""
 
     def __init__(self, pipeline, settings: RankingSettings) -> None:
-        self.pipeline = pipeline
+        self.arms = _arms(pipeline)
         self.Rank = LocalMethod(  # noqa: N815 - the generated stub's method name
-            "ranking", lambda request: ranking_server.rank(pipeline, settings, request))
+            "ranking", lambda request: ranking_server.rank(self.arms, settings, request))
 
 
 @dataclass
@@ -108,6 +118,12 @@ class LocalStages:
     ranking: LocalRanking
     metrics: dict[str, ServiceMetrics]  # "retrieval", "ranking": the pipelines' own registries
     bundle_version: str
+    reloaders: tuple[Reloader, ...] = ()  # hot swap of both faces, polled by the gateway
+
+    def poll(self) -> None:
+        """Blocking (loads bundles): on a worker thread."""
+        for reloader in self.reloaders:
+            reloader.check()
 
 
 @dataclass(frozen=True)
@@ -144,20 +160,34 @@ def preflight(settings: StageSettings, artifacts_dir: Path) -> str:
 
 
 def load(settings: StageSettings, artifacts_dir: Path) -> LocalStages:
-    """Both pipelines, loaded and warmed up (blocking: seconds; run it in a thread)."""
+    """Both pipelines, loaded and warmed up, with the canary and experiment arms (blocking:
+    seconds; run it in a thread). ``LocalStages.poll`` follows ``current`` / ``rollout.json``."""
+    from services.components.config import load_config
+
     check_online_store(settings.feast)
     bundle = load_bundle(artifacts_dir)
     metrics = {name: ServiceMetrics(name) for name in ("retrieval", "ranking")}
     # one reader for both stages (one item table in memory); its counters are labelled by
     # feature view, not by service, so they live in the retrieval registry
     reader = feature_reader(settings.feast, metrics["retrieval"])
-    retrieval = retrieval_server.build_pipeline(settings.retrieval, bundle,
-                                                FeatureFetcher(reader, metrics["retrieval"]), metrics["retrieval"])
-    ranking = ranking_server.build_pipeline(settings.ranking, bundle,
-                                            FeatureFetcher(reader, metrics["ranking"]), metrics["ranking"])
-    retrieval.warm_up(settings.retrieval.warmup_requests)
-    ranking.warm_up(settings.ranking.warmup_requests)
-    for m in metrics.values():
-        m.set_model(bundle.version)
-    return LocalStages(LocalRetrieval(retrieval, settings.retrieval), LocalRanking(ranking, settings.ranking),
-                       metrics, bundle.version)
+    stages = {"retrieval": (settings.retrieval, retrieval_server.build_pipeline, LocalRetrieval),
+              "ranking": (settings.ranking, ranking_server.build_pipeline, LocalRanking)}
+    faces, reloaders = {}, []
+    for name, (stage_settings, build_pipeline, face) in stages.items():
+        config = load_config(stage_settings.pipeline_config)
+        features = FeatureFetcher(reader, metrics[name])
+
+        def build(b: Bundle, arm_config, stage_settings=stage_settings, build_pipeline=build_pipeline,
+                  features=features, stage_metrics=metrics[name]):
+            pipeline = build_pipeline(stage_settings, b, features, stage_metrics, arm_config)
+            pipeline.warm_up(stage_settings.warmup_requests)
+            return pipeline
+
+        faces[name] = face(build(bundle, config), stage_settings)
+        metrics[name].set_model(bundle.version)
+        reloaders.append(Reloader(name=name, artifacts_dir=artifacts_dir, servicer=faces[name], build=build,
+                                  config=config, registry=metrics[name].registry, set_model=metrics[name].set_model,
+                                  keep_previous_s=stage_settings.keep_previous_s))
+    stages_ = LocalStages(faces["retrieval"], faces["ranking"], metrics, bundle.version, tuple(reloaders))
+    stages_.poll()  # the canary and experiment arms before the first request
+    return stages_

@@ -1,18 +1,21 @@
-"""Hot swap: a service follows ``ARTIFACTS_DIR`` (the ``current`` link) without a restart.
+"""Hot swap: a service follows the artifacts root (``current``, ``rollout.json``) without a restart.
 
-:class:`Reloader` is polled by the server (every ``<SERVICE>_RELOAD_POLL_S``; 0 = off) on a
-worker thread, off the request path. When the link resolves to another version folder it loads
-and verifies the bundle (every sha256), builds the pipeline exactly as at start-up, warms it,
-and only then swaps it in: the servicer reads its ``pipeline`` attribute once per call, so a call
-in flight finishes on the object it started with and the old pipeline is freed when the last
-such call returns. A bundle that fails to load, build or warm is refused: the service keeps
-serving what it had, logs it, counts it (``recsys_bundle_reloads_total{outcome="refused"}``) and
-does not retry that folder until the link moves again. Memory during a swap holds both
-pipelines, so peaks at about twice one.
+:class:`Reloader` is polled by the server (every ``<SERVICE>_RELOAD_POLL_S``; 0 = on SIGHUP only)
+on a worker thread, off the request path. Each poll works out the arms
+(:mod:`services.arms`) the service must hold: ``current``'s, the canary's (``rollout.json``), the
+shadow ranker's (ranking), and every arm an enabled experiment names (bundle version x pipeline
+file, with ``current`` where a variant names no bundle). An arm it lacks is loaded and verified
+(every sha256), built exactly as at start-up and warmed up, and only then published in a new
+:class:`~services.arms.Arms` snapshot: one attribute store, so a call in flight finishes on what it
+started with and a replaced pipeline is freed when the last such call returns.
 
-``keep_previous_s`` > 0 (ranking) keeps the replaced pipeline that long in ``servicer.previous``,
-so that a request retrieved with the old version is still ranked by it (no mixed answer during
-the seconds the services take to switch one after the other).
+An arm no longer wanted is kept ``keep_previous_s`` more (requests the gateway pinned to it just
+before it moved on are still answered by it), then dropped. A bundle that fails to load, build or
+warm is refused: the service keeps serving what it had (a refused ``current`` leaves the old one
+the default), logs it, counts it (``recsys_bundle_reloads_total{outcome="refused"}``), shows it
+in :meth:`Reloader.status` (the ``/status`` page beside ``/metrics``) and does not retry that
+folder for that arm until the pointer moves again. Memory: each arm is a whole pipeline; during a
+swap the old and the new ``current`` are both held (measured in ``benchmarks/deploy.py``).
 """
 
 from __future__ import annotations
@@ -21,67 +24,153 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import Bundle, load_bundle
+from common.bundle import Bundle, BundleError, load_bundle
+from common.deployments import Deployments, Rollout
+from services.arms import ArmKey, Arms
 
 log = logging.getLogger(__name__)
 
 
 class Reloader:
-    def __init__(self, *, name: str, artifacts_dir: Path, servicer: Any, build: Callable[[Bundle], Any],
-                 registry, set_model: Callable[[str], None], loaded_root: Path, keep_previous_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, name: str, artifacts_dir: Path, servicer: Any, build: Callable[[Bundle, Any], Any],
+                 config, registry, set_model: Callable[[str], None], keep_previous_s: float = 0.0,
+                 wants_shadow: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        """``servicer.arms`` holds the start-up snapshot; ``build(bundle, pipeline_config)`` builds and
+        warms one arm's pipeline; ``config``: the service's :class:`PipelineConfig` (experiments)."""
         from prometheus_client import Counter, Gauge
 
         self.name = name
         self.artifacts_dir = Path(artifacts_dir)
+        self.root = self.artifacts_dir.parent  # where the versions, current and rollout.json are
         self.servicer = servicer
         self.build = build
+        self.config = config
         self.set_model = set_model
         self.keep_previous_s = keep_previous_s
+        self.wants_shadow = wants_shadow
         self.clock = clock
-        self.root = Path(loaded_root)  # the version folder being served
-        self._refused: Path | None = None
-        self._previous_until = 0.0
+        self._folders: dict[ArmKey, Path] = {k: self._folder(k) for k in servicer.arms.pipelines}
+        self._retiring: dict[ArmKey, float] = {}  # arm -> when it is dropped
+        self._refused: dict[ArmKey, tuple[Path, str, str]] = {}  # arm -> (folder, reason, when)
+        self._rollout = Rollout()
+        self._rollout_error: str | None = None
+        self._last_swap: dict | None = None
         self._lock = threading.Lock()
-        self.reloads = Counter("recsys_bundle_reloads_total", "Bundle hot swaps by outcome (swapped, refused).",
+        self.reloads = Counter("recsys_bundle_reloads_total", "Arms loaded by outcome (swapped, refused).",
                                ["service", "outcome"], registry=registry)
-        self.seconds = Gauge("recsys_bundle_reload_seconds", "Duration of the last bundle load + warm-up + swap.",
+        self.seconds = Gauge("recsys_bundle_reload_seconds", "Duration of the last arm load + warm-up.",
                              ["service"], registry=registry)
+        self.arms_gauge = Gauge("recsys_arms_loaded", "Pipelines held (current, canary, shadow, experiments, retiring).",
+                                ["service"], registry=registry)
+        self.arms_gauge.labels(name).set(len(servicer.arms.pipelines))
 
+    # -- what is wanted --------------------------------------------------------------------
+    def _folder(self, key: ArmKey) -> Path:
+        return self.root / key.version
+
+    def wanted(self, current: str) -> set[ArmKey]:
+        state = self._rollout
+        keys = {ArmKey(current)}
+        if state.canary is not None:
+            keys.add(ArmKey(state.canary.version))
+        if self.wants_shadow and state.shadow:
+            keys.add(ArmKey(state.shadow))
+        for exp in self.config.experiments:
+            if exp.enabled:
+                keys.update(ArmKey(v.bundle or current, v.pipeline or "") for v in exp.variants)
+        return keys
+
+    def _read_rollout(self) -> None:
+        try:
+            self._rollout = Deployments(self.root).rollout()
+            self._rollout_error = None
+        except BundleError as exc:  # keep the last good state; say so once
+            if str(exc) != self._rollout_error:
+                log.error("%s: %s; keeping canary/shadow as they were", self.name, exc)
+            self._rollout_error = str(exc)
+
+    # -- one poll --------------------------------------------------------------------------
     def check(self) -> str | None:
-        """One poll: swap if ``current`` moved; drop an expired previous pipeline. Returns
-        "swapped", "refused" or None (nothing to do)."""
+        """One poll: load what is wanted and missing, retire what is not. Returns "swapped" (the
+        snapshot changed with a new arm), "refused" (an arm failed), "retired" or None."""
         with self._lock:  # a SIGHUP and the poll never load twice at once
-            if self._previous_until and self.clock() >= self._previous_until:
-                self.servicer.previous = None
-                self._previous_until = 0.0
+            arms: Arms = self.servicer.arms
             try:
-                target = self.artifacts_dir.resolve(strict=True)
+                current_folder = self.artifacts_dir.resolve(strict=True)
             except OSError:
                 return None  # the link is being replaced or gone: keep serving
-            if target == self.root or target == self._refused:
-                return None
-            t = time.perf_counter()
-            try:
-                bundle = load_bundle(target)
-                pipeline = self.build(bundle)
-            except Exception as exc:  # noqa: BLE001 - any failure: refuse it, keep serving the old one
-                self._refused = target
-                self.reloads.labels(self.name, "refused").inc()
-                log.error("%s: refused bundle %s, still serving %s: %s", self.name, target.name, self.root.name, exc)
-                return "refused"
-            old = self.servicer.pipeline
-            if self.keep_previous_s > 0:
-                self.servicer.previous = old
-                self._previous_until = self.clock() + self.keep_previous_s
-            self.servicer.pipeline = pipeline  # one attribute store: a call sees the old or the new one
-            self.root, self._refused = target, None
-            self.set_model(bundle.version)
-            self.reloads.labels(self.name, "swapped").inc()
-            self.seconds.labels(self.name).set(time.perf_counter() - t)
-            log.info("%s: now serving bundle %s (was %s; loaded and warmed in %.1fs)", self.name, bundle.version,
-                     getattr(old, "version", "?"), time.perf_counter() - t)
-            return "swapped"
+            self._read_rollout()
+            current = current_folder.name
+            wanted = self.wanted(current)
+            pipelines = dict(arms.pipelines)
+            outcome = None
+            bundles: dict[Path, Bundle] = {}
+            for key in sorted(wanted - pipelines.keys(), key=lambda k: (k.version != current, k)):
+                folder = current_folder if key.version == current else self._folder(key)
+                if key in self._refused and self._refused[key][0] == folder:
+                    continue
+                t = time.perf_counter()
+                try:
+                    if folder not in bundles:
+                        bundles[folder] = load_bundle(folder)
+                    bundle = bundles[folder]
+                    if bundle.version != key.version:
+                        raise BundleError(f"folder {folder.name} holds bundle version {bundle.version}")
+                    pipelines[key] = self.build(bundle, self.config.variant(key.pipeline))
+                except Exception as exc:  # noqa: BLE001 - any failure: refuse this arm, keep serving
+                    self._refused[key] = (folder, str(exc), _now())
+                    self.reloads.labels(self.name, "refused").inc()
+                    log.error("%s: refused arm %s, still serving %s: %s", self.name, key, arms.default, exc)
+                    outcome = "refused"
+                    continue
+                elapsed = time.perf_counter() - t
+                self._folders[key] = folder
+                self._refused.pop(key, None)
+                self._retiring.pop(key, None)
+                self.reloads.labels(self.name, "swapped").inc()
+                self.seconds.labels(self.name).set(elapsed)
+                self._last_swap = {"arm": str(key), "seconds": round(elapsed, 3), "at": _now()}
+                log.info("%s: loaded arm %s in %.3fs (load, verify, build, warm-up)", self.name, key, elapsed)
+                outcome = outcome or "swapped"
+            for key in set(self._refused) - wanted:
+                del self._refused[key]  # no longer asked for: not a problem to report any more
+            default = ArmKey(current) if ArmKey(current) in pipelines else arms.default
+            now = self.clock()
+            for key in list(pipelines):
+                if key in wanted or key == default:
+                    self._retiring.pop(key, None)
+                    continue
+                until = self._retiring.setdefault(key, now + self.keep_previous_s)
+                if now >= until:
+                    del pipelines[key]
+                    del self._retiring[key]
+                    log.info("%s: dropped arm %s (no longer wanted)", self.name, key)
+                    outcome = outcome or "retired"
+            shadow = ArmKey(self._rollout.shadow) if self.wants_shadow and self._rollout.shadow else None
+            shadow = shadow if shadow in pipelines and shadow != default else None
+            if pipelines.keys() != arms.pipelines.keys() or default != arms.default or shadow != arms.shadow:
+                self.servicer.arms = Arms(default, pipelines, shadow)
+                self.arms_gauge.labels(self.name).set(len(pipelines))
+                if default != arms.default:
+                    self.set_model(default.version)
+                    log.info("%s: now serving bundle %s by default (was %s)", self.name, default, arms.default)
+            return outcome
+
+    def status(self) -> dict:
+        """Health details: what is served, what is on its way out, what was refused and why."""
+        arms: Arms = self.servicer.arms
+        return {
+            "service": self.name, **arms.describe(),
+            "retiring": {str(k): round(max(0.0, t - self.clock()), 1) for k, t in self._retiring.items()},
+            "refused": {str(k): {"folder": str(f), "reason": r, "at": at} for k, (f, r, at) in self._refused.items()},
+            "rollout": self._rollout.to_json(), "rollout_error": self._rollout_error,
+            "last_load": self._last_swap,
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

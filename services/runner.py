@@ -16,6 +16,7 @@ from common.grpc_server import LoadError, ServerSpec, ServiceMetrics, configure_
 from common.settings import ArtifactSettings, FeatureStoreSettings
 from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
 from feature_store.backends import OnlineStoreConfigError, online_store_type
+from services.arms import Arms
 from services.features import FeatureFetcher
 from services.reload import Reloader
 
@@ -40,14 +41,18 @@ def run_service(
     *,
     name: str,
     service_full_name: str,
-    settings: Any,  # the service's settings: host, port, metrics_*, grace_period_s, warmup_requests, reload_poll_s, log_level
-    servicer: Any,  # has a ``pipeline`` attribute, set once loaded
+    settings: Any,  # the service's settings: host, port, metrics_*, grace_period_s, warmup_requests,
+    #                 reload_poll_s, keep_previous_s, pipeline_config, log_level
+    servicer: Any,  # has an ``arms`` attribute (services/arms.py), set once loaded
     add_servicer: Callable[[Any, Any], None],  # the generated add_*Servicer_to_server
-    build_pipeline: Callable[[Bundle, FeatureFetcher, ServiceMetrics], Any],
-    keep_previous_s: float = 0.0,
+    build_pipeline: Callable[[Bundle, FeatureFetcher, ServiceMetrics, Any], Any],  # (..., PipelineConfig)
+    wants_shadow: bool = False,
+    on_loaded: Callable[[ServiceMetrics], None] | None = None,
 ) -> int:
-    """``keep_previous_s``: after a hot swap, how long the replaced pipeline stays in
-    ``servicer.previous`` (ranking: requests retrieved with the old version)."""
+    """Serve the ``current`` bundle and follow it (:mod:`services.reload`); ``wants_shadow``: also
+    hold the shadow ranker of ``rollout.json``; ``on_loaded``: called once the arms are loaded."""
+    from services.components.config import load_config
+
     artifacts = ArtifactSettings()
     feast = FeatureStoreSettings()
     configure_logging(settings.log_level)
@@ -58,23 +63,32 @@ def run_service(
 
     def load() -> None:
         check_online_store(feast)
+        config = load_config(settings.pipeline_config)  # one "refusing to serve" line when invalid
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256
         features = FeatureFetcher(feature_reader(feast, metrics), metrics)
 
-        def build(b: Bundle):
-            pipeline = build_pipeline(b, features, metrics)
+        def build(b: Bundle, arm_config):
+            pipeline = build_pipeline(b, features, metrics, arm_config)
             pipeline.warm_up(settings.warmup_requests)
             return pipeline
 
-        servicer.pipeline = build(bundle)
+        servicer.arms = Arms.single(build(bundle, config))
         metrics.set_model(bundle.version)
         reloader.append(Reloader(name=name, artifacts_dir=artifacts.artifacts_dir, servicer=servicer, build=build,
-                                 registry=metrics.registry, set_model=metrics.set_model, loaded_root=bundle.root,
-                                 keep_previous_s=keep_previous_s))
+                                 config=config, registry=metrics.registry, set_model=metrics.set_model,
+                                 keep_previous_s=settings.keep_previous_s, wants_shadow=wants_shadow))
+        # the canary, shadow and experiment arms before SERVING: an experiment whose bundle cannot
+        # be served is refused now, and a restart during a canary serves it at once
+        reloader[0].check()
+        if on_loaded is not None:
+            on_loaded(metrics)
 
     def poll() -> None:
         if reloader:
             reloader[0].check()
+
+    def status() -> dict:
+        return reloader[0].status() if reloader else {"service": name, "state": "loading"}
 
     spec = ServerSpec(
         name=name,
@@ -90,6 +104,8 @@ def run_service(
         extra_interceptors=grpc_server_interceptors(tracing),
         poll=poll,
         poll_seconds=settings.reload_poll_s,
+        status=status,
+        versions=lambda: {k.version for k in servicer.arms.pipelines} if servicer.arms is not None else set(),
     )
     try:
         return asyncio.run(serve(spec))

@@ -42,6 +42,24 @@ def bundle_path() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def known_users(bundle_path: Path) -> list[str]:
+    import numpy as np
+
+    from common.bundle import load_bundle
+
+    ids = np.load(load_bundle(bundle_path, verify=False).path("user_ids"), allow_pickle=False)
+    return [str(int(i)) for i in ids[1:] if i >= 0]
+
+
+def shipped_pipeline(without_experiments: bool = True) -> str:
+    """services/pipeline.toml's text, by default cut before its ``[[experiments]]`` (tests add their own)."""
+    from services.components.config import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text()
+    return text[: text.index("# A/B experiments")].rstrip() + "\n" if without_experiments else text
+
+
 def copy_bundle(src: Path, root: Path, version: str, edit=None) -> Path:
     """A copy of the bundle at ``src`` as ``root/version`` (its manifest says so; ``edit(manifest)``
     may change it further): the lifecycle and hot-swap tests' versions."""

@@ -18,7 +18,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from common.bundle import Bundle, BundleError
 from common.grpc_server import LoadError
@@ -26,6 +34,7 @@ from services.components.candidate_source import CandidateSource
 from services.components.filter import Filter
 from services.components.merger import REST, Merger, Slot
 from services.components.scorer import Scorer
+from services.experiments import ExperimentConfig, check_experiments, pipeline_paths
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "pipeline.toml"
 
@@ -134,9 +143,30 @@ class PipelineConfig(BaseModel):
     retrieval: RetrievalConfig
     ranking: RankingConfig
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)  # services/experiments.py
+    _path: Path = PrivateAttr(DEFAULT_PATH)
+
+    @field_validator("experiments")
+    @classmethod
+    def _experiments(cls, value: list[ExperimentConfig]) -> list[ExperimentConfig]:
+        check_experiments(value)
+        return value
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def variant_paths(self) -> dict[str, Path]:
+        """The pipeline files enabled experiment variants name: config string -> path."""
+        return pipeline_paths(self.experiments, self._path.parent)
+
+    def variant(self, pipeline: str) -> PipelineConfig:
+        """The config an experiment variant's ``pipeline`` names ("" = this one)."""
+        return self if not pipeline else load_config(self.variant_paths()[pipeline], nested=True)
 
 
-def load_config(path: str | Path | None = None) -> PipelineConfig:
+def load_config(path: str | Path | None = None, *, nested: bool = False) -> PipelineConfig:
+    """``nested``: a variant's pipeline file (it may not define experiments of its own)."""
     path = Path(path) if path is not None else DEFAULT_PATH
     try:
         raw = tomllib.loads(path.read_text())
@@ -153,6 +183,21 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         raise PipelineConfigError(f"pipeline config {path}: {where}: {msg}") from exc
     for section in (config.retrieval, config.ranking, config.fallback):
         section._origin = f"pipeline config {path}"
+    config._path = path.resolve()
+    if nested and config.experiments:
+        raise PipelineConfigError(f"pipeline config {path}: experiments: a variant's pipeline file defines no "
+                                  "experiments of its own")
+    for i, exp in enumerate(config.experiments):
+        for j, v in enumerate(exp.variants):
+            if v.pipeline is not None and exp.enabled:
+                where = f"pipeline config {path}: experiments[{i}].variants[{j}].pipeline"
+                target = config.variant_paths()[v.pipeline]
+                if not target.is_file():
+                    raise PipelineConfigError(f"{where}: no such file {target}")
+                try:
+                    load_config(target, nested=True)
+                except PipelineConfigError as exc:
+                    raise PipelineConfigError(f"{where}: {exc}") from exc
     return config
 
 

@@ -28,6 +28,7 @@ from common.telemetry import TelemetrySettings, Tracing, grpc_client_interceptor
 from services.components.config import load_config
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
+from services.gateway.deployment import DeploymentWatcher
 from services.gateway.deps import Runtime
 from services.gateway.events import EventLog
 from services.gateway.exposures import ExposureLog
@@ -37,6 +38,7 @@ from services.gateway.pipeline import Recommender
 from services.gateway.responses import JSONBytes, error, readable
 from services.gateway.routes import events as events_route
 from services.gateway.routes import register_all
+from services.gateway.routes.health import SERVICES, serving_status
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,24 @@ async def lifespan(app: FastAPI):
         where = f"retrieval {settings.retrieval_addr}, ranking {settings.ranking_addr}"
     cache = build_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
                         settings.cache_timeout_ms / 1000.0)
-    ladder = load_config(settings.pipeline_config).fallback.ladder  # checked by __main__ before start
+    config = load_config(settings.pipeline_config)  # checked by __main__ before start
+    ladder = config.fallback.ladder
     recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
-                              catalog=catalog, metrics=metrics, ladder=ladder)
+                              catalog=catalog, metrics=metrics, ladder=ladder, experiments=config.experiments)
+
+    async def stages_serve(version: str) -> bool:  # grpc mode: both services report the version loaded
+        timeout = settings.readiness_timeout_ms / 1000.0
+        states = await asyncio.gather(*(serving_status(channels[name], f"{full_name}/{version}", timeout)
+                                        for name, full_name in SERVICES.items()))
+        return all(state == "SERVING" for state in states)
+
+    deployment = DeploymentWatcher(settings.artifacts_dir, catalog, on_catalog=recommender.set_catalog,
+                                   on_rollout=recommender.set_rollout, counter=metrics.reloads,
+                                   ready=None if settings.inprocess else stages_serve, pin_wait_s=settings.pin_wait_s,
+                                   stages_poll=local.poll if settings.inprocess else None)
+    deployment.read_rollout()  # the canary from the first request on
+    watch = asyncio.create_task(deployment.run(settings.reload_poll_s), name="deployment-watcher") \
+        if settings.reload_poll_s > 0 else None
     events = exposures = None
     if settings.redis_url:  # the real-time loop needs Redis: without it, no /events, no exposure log
         redis_timeout_s = settings.events_timeout_ms / 1000.0
@@ -92,17 +109,23 @@ async def lifespan(app: FastAPI):
                                 timeout_s=redis_timeout_s, metrics=metrics)
         exposures.start()
     app.state.runtime = Runtime(settings=settings, metrics=metrics, recommender=recommender,
-                                channels=channels, cache=cache, catalog=catalog, stages=stages,
-                                events=events, exposures=exposures)
-    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s, /events and exposure log %s",
+                                channels=channels, cache=cache, stages=stages,
+                                events=events, exposures=exposures, deployment=deployment)
+    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s%s, experiments %s, "
+             "/events and exposure log %s",
              settings.mode, where, cache.name, settings.cache_ttl_s, " > ".join(ladder),
              catalog.version or f"UNREADABLE ({catalog.error})",
+             f" (canary {recommender.rollout.canary.version} {recommender.rollout.canary.percent:g}%)"
+             if recommender.rollout.canary else "",
+             ", ".join(e.name for e in config.experiments if e.enabled) or "none",
              f"on (exposure sample rate {settings.exposure_sample_rate:g})" if events else "off (no REDIS_URL)")
     gc.collect()
     gc.freeze()  # start-up objects leave the GC's young generations: no full-GC pauses on them
     try:
         yield
     finally:
+        if watch is not None:
+            watch.cancel()
         await recommender.drain()
         if exposures is not None:
             await exposures.close()

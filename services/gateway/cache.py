@@ -37,14 +37,16 @@ import orjson
 from common.realtime import generation_key, user_tag
 
 
-def cache_key(model_version: str, user_id: str, k: int, context: dict | None, exclude: list[int]) -> str:
+def cache_key(model_version: str, user_id: str, k: int, context: dict | None, exclude: list[int],
+              variant: str = "") -> str:
+    """``variant``: the experiment bucket (what beyond the version makes an arm's answers differ)."""
     if context or exclude:
         shape = orjson.dumps({"c": context or {}, "x": sorted(set(exclude))}, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(shape, digest_size=8).hexdigest()
     else:
         digest = "-"
     # the user's hash tag first: the first ``{...}`` of a key is its Redis Cluster hash tag
-    return f"{user_tag(user_id)}:resp:{model_version}:{k}:{digest}"
+    return f"{user_tag(user_id)}:resp:{model_version}:{variant or '-'}:{k}:{digest}"
 
 
 def stale_key(user_id: str) -> str:

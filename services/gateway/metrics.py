@@ -54,6 +54,19 @@ class GatewayMetrics:
             "gateway_cache_errors_total", "Response cache operations that failed (Redis down or slow); the request is served without cache.",
             ["operation"], registry=r,
         )
+        self.variant_answers = Counter(
+            "gateway_variant_answers_total",
+            "/recommend answers by variant (current, canary, experiment:variant...) and outcome (none = full answer, hit = cache, or the fallback).",
+            ["variant", "outcome"], registry=r,
+        )
+        self.variant_latency = Histogram(
+            "gateway_variant_latency_seconds", "Latency of the whole /recommend request, by variant.",
+            ["variant"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_reloads_total", "Catalog reloads when `current` moved, by outcome (swapped, refused).",
+            ["outcome"], registry=r,
+        )
         self.fallbacks = Counter(
             "gateway_fallbacks_total", "Responses served by a fallback, by reason.", ["reason"], registry=r,
         )

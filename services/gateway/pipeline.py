@@ -22,6 +22,12 @@ the response's ``fallback`` names the rung that answered:
 
 A Redis failure is not a rung: the request is served without cache, counted in
 ``gateway_cache_errors_total`` and the ``redis`` breaker state. No dependency failure becomes a 5xx.
+
+Arms (:mod:`services.gateway.assignment`): each request is assigned a bundle version (``current``
+as this gateway last saw it, the canary's for a user in its share, an experiment variant's) and
+an experiment pipeline, and retrieval is asked for exactly that; ranking is then asked for the
+version retrieval answered with, so an answer never mixes two bundles. The cache key holds the
+version and the experiment bucket; the response names the version and the ``variant``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import grpc
 import numpy as np
 import orjson
 
+from common.deployments import Rollout
 from common.proto.recsys.v1 import (
     common_pb2,
     ranking_pb2,
@@ -44,6 +51,8 @@ from common.proto.recsys.v1 import (
     retrieval_pb2_grpc,
 )
 from services.components.config import DEFAULT_LADDER, RUNGS
+from services.experiments import ExperimentConfig
+from services.gateway.assignment import Assignment, assign
 from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker, Permit
 from services.gateway.cache import ResponseCache, cache_key, encode_entry, fresh_entry, stale_key
 from services.gateway.catalog import Catalog
@@ -83,6 +92,7 @@ class Result:
     model_version: str
     fallback: str | None
     cached: bool
+    assignment: Assignment | None = None
 
 
 class Recommender:
@@ -98,6 +108,7 @@ class Recommender:
         retrieval_channel: grpc.aio.Channel | None = None,
         ranking_channel: grpc.aio.Channel | None = None,
         ladder: tuple[str, ...] = DEFAULT_LADDER,
+        experiments: list[ExperimentConfig] | None = None,
     ) -> None:
         """``retrieval`` / ``ranking``: the two stages, anything with the generated stub's method
         (``await retrieval.Retrieve(request, timeout=...)``, ``await ranking.Rank(...)``) and its
@@ -111,9 +122,9 @@ class Recommender:
         self.retrieval = retrieval if retrieval is not None else retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
         self.ranking = ranking if ranking is not None else ranking_pb2_grpc.RankingServiceStub(ranking_channel)
         self.cache = cache
-        self.catalog = catalog
         self.metrics = metrics
-        self.model_version = catalog.version or "unknown"
+        self.experiments = experiments or []
+        self.rollout = Rollout()  # the canary: set by the deployment watcher (services/gateway/deployment.py)
         breaker = dict(failure_rate=settings.breaker_failure_rate, window=settings.breaker_window,
                        min_calls=settings.breaker_min_calls, reset_s=settings.breaker_reset_s,
                        on_change=metrics.breaker_changed)
@@ -123,16 +134,30 @@ class Recommender:
             "retrieval": metrics.bulkhead("retrieval", settings.retrieval_max_in_flight),
             "ranking": metrics.bulkhead("ranking", settings.ranking_max_in_flight)}
         self._wait = {name: metrics.dependency_wait.labels(dependency=name) for name in self.bulkheads}
-        # the popular list as arrays; scores rounded to float32 like any candidate score on the wire
-        self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
-        self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)
         self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "retrieval", "ranking", "filters", "total")}
         self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in RUNGS.values()}
         self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
+        self._variants: dict[str, tuple] = {}  # variant label -> its metric children
         self._writes: set[asyncio.Task] = set()
-        metrics.model.info({"version": self.model_version, "source": "bundle" if catalog.version else "none"})
-        metrics.catalog_items.set(len(catalog.titles))
-        metrics.popular_items.set(len(catalog.popular))
+        self.set_catalog(catalog)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Titles, the popular list and the version requests are pinned to (start-up, and the
+        deployment watcher when ``current`` moves)."""
+        self.catalog = catalog
+        self.model_version = catalog.version or ""  # "": the services' default version
+        # the popular list as arrays; scores rounded to float32 like any candidate score on the wire
+        self._popular_ids = np.array([i for i, _ in catalog.popular], np.int64)
+        self._popular_scores = np.array([s for _, s in catalog.popular], np.float32)
+        self.metrics.model.info({"version": catalog.version or "unknown", "source": "bundle" if catalog.version else "none"})
+        self.metrics.catalog_items.set(len(catalog.titles))
+        self.metrics.popular_items.set(len(catalog.popular))
+
+    def set_rollout(self, rollout: Rollout) -> None:
+        self.rollout = rollout
+
+    def assign(self, user_id: str) -> Assignment:
+        return assign(user_id, self.model_version, self.rollout, self.experiments)
 
     # -- public ------------------------------------------------------------------------------
     async def recommend(self, q: Query, explain: dict | None = None) -> Result:
@@ -141,29 +166,33 @@ class Recommender:
         written into ``explain``, and nothing is cached. Nothing is collected otherwise."""
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_ms / 1000.0
-        key = cache_key(self.model_version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids))
+        arm = self.assign(q.user_id)
+        key = cache_key(arm.version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part)
         errors: dict[str, str] | None = None
         # the user's generation as this request starts: what a cache write of its answer carries
         if explain is None:
             generation, hit = await self._cache_lookup(q.user_id, key)
             if hit is not None:
+                self._observe_variant(arm, "hit", time.perf_counter() - start)
                 self._stage["total"].observe(time.perf_counter() - start)
-                return Result(hit["items"], hit["model_version"], None, True)
+                return Result(hit["items"], hit["model_version"], None, True, arm)
         else:
             errors = {}
             generation, hit = await self._cache_lookup(q.user_id, key, count=False)
             explain["cache"] = {"enabled": self.cache.enabled, "key": key, "generation": generation,
                                 "fresh_entry": hit is not None}
+            explain["assignment"] = {"version": arm.version, "pipeline": arm.pipeline or None,
+                                     "num_candidates": arm.num_candidates, "variant": arm.variant}
 
         exclude = frozenset(q.exclude_item_ids)
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
-        candidates, version = await self._retrieve(q, context, deadline, errors, explain)
+        candidates, version = await self._retrieve(q, context, deadline, errors, explain, arm)
         ranked = None
         if candidates is not None:
             self._observe_sources(candidates)
             if len(candidates.item_ids):  # an empty answer from a healthy retrieval is a full answer
                 ranked, rank_version = await self._rank(q, context, candidates, deadline, errors, explain,
-                                                        retrieved_with=version)
+                                                        retrieved_with=version, pipeline=arm.pipeline)
                 version = rank_version or version
         full = candidates is not None and (ranked is not None or not len(candidates.item_ids))
 
@@ -174,31 +203,42 @@ class Recommender:
             items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
             self._stage["filters"].observe(time.perf_counter() - t)
         else:
-            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline, errors)
+            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline, errors, arm)
             version = rung_version or version
             self._fallbacks[fallback].inc()
-        version = version or self.model_version
-        if fallback is None:
-            if version != self.model_version:
-                # the services moved to a new bundle: key the cache by what is actually served
-                self.model_version = version
-                self.metrics.model.info({"version": version, "source": "services"})
-            # generation None: it could not be read (Redis failing), so the answer is not cached
-            if self.cache.enabled and explain is None and generation is not None:
-                value = encode_entry(generation, items, version)
-                task = asyncio.create_task(self._cache_write(
-                    cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids)), q.user_id, value))
-                self._writes.add(task)
-                task.add_done_callback(self._writes.discard)
+        version = version or arm.version or "unknown"
+        # generation None: it could not be read (Redis failing), so the answer is not cached
+        if fallback is None and self.cache.enabled and explain is None and generation is not None:
+            value = encode_entry(generation, items, version)
+            # keyed by the version that answered (the services may not have loaded the pinned one yet)
+            task = asyncio.create_task(self._cache_write(
+                cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part),
+                q.user_id, value))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        self._observe_variant(arm, fallback or "none", time.perf_counter() - start)
         self._stage["total"].observe(time.perf_counter() - start)
         if explain is not None:
             explain["fallback"] = {"rung": fallback, "reason": errors or None}
             explain.setdefault("seconds", {})["total"] = round(time.perf_counter() - start, 6)
             explain["model_version"] = version
-        return Result(items, version, fallback, fallback == CACHED)
+        return Result(items, version, fallback, fallback == CACHED, arm)
+
+    def _observe_variant(self, arm: Assignment, outcome: str, seconds: float) -> None:
+        """``gateway_variant_answers_total{variant,outcome}`` and the variant's latency."""
+        children = self._variants.get(arm.variant)
+        if children is None:
+            children = self._variants[arm.variant] = (
+                {}, self.metrics.variant_latency.labels(variant=arm.variant))
+        answers, latency = children
+        counter = answers.get(outcome)
+        if counter is None:
+            counter = answers[outcome] = self.metrics.variant_answers.labels(variant=arm.variant, outcome=outcome)
+        counter.inc()
+        latency.observe(seconds)
 
     async def _ladder(self, q: Query, context, candidates, exclude: frozenset[int], deadline: float,
-                      errors: dict[str, str] | None = None):
+                      errors: dict[str, str] | None = None, arm: Assignment | None = None):
         """The first rung of the configured ladder that can answer: (items, fallback, version)."""
         retrieval_failed = candidates is None
         for rung in self.ladder:
@@ -211,9 +251,12 @@ class Recommender:
                     if len(items) == q.k:
                         return items, RUNGS[rung], last["model_version"]
             if rung == "popular_ranked" and retrieval_failed:
-                popular = self._popular_candidates(exclude, max(self.settings.num_candidates, q.k))
+                wanted = arm.num_candidates if arm is not None and arm.num_candidates else self.settings.num_candidates
+                popular = self._popular_candidates(exclude, max(wanted, q.k))
                 if len(popular.item_ids):
-                    ranked, version = await self._rank(q, context, popular, deadline, errors)
+                    ranked, version = await self._rank(q, context, popular, deadline, errors,
+                                                       retrieved_with=arm.version if arm is not None else None,
+                                                       pipeline=arm.pipeline if arm is not None else "")
                     if ranked is not None:
                         return self._filter(ranked.item_ids, ranked.scores, exclude, q.k), RUNGS[rung], version
             if rung == "popular":
@@ -402,10 +445,12 @@ class Recommender:
         return response, None
 
     async def _retrieve(self, q: Query, context, deadline: float, errors: dict | None = None,
-                        explain: dict | None = None):
+                        explain: dict | None = None, arm: Assignment | None = None):
+        arm = arm if arm is not None else Assignment(self.model_version)
         request = retrieval_pb2.RetrieveRequest(
-            user_id=q.user_id, k=max(self.settings.num_candidates, q.k), context=context,
+            user_id=q.user_id, k=max(arm.num_candidates or self.settings.num_candidates, q.k), context=context,
             exclude_item_ids=q.exclude_item_ids, explain=explain is not None,
+            model_version=arm.version, pipeline=arm.pipeline,
         )
         t = time.perf_counter()
         response = await self._call("retrieval", self.retrieval.Retrieve, request,
@@ -418,11 +463,12 @@ class Recommender:
         return response.candidates, response.model_version
 
     async def _rank(self, q: Query, context, candidates, deadline: float, errors: dict | None = None,
-                    explain: dict | None = None, retrieved_with: str | None = None):
-        """``retrieved_with``: the bundle version retrieval answered with (ranking scores with it
-        while it has it loaded: no answer mixes two versions during a hot swap)."""
+                    explain: dict | None = None, retrieved_with: str | None = None, pipeline: str = ""):
+        """``retrieved_with``: the bundle version retrieval answered with (ranking scores with
+        exactly it, or answers FAILED_PRECONDITION: no answer mixes two versions)."""
         request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context,
-                                          explain=explain is not None, model_version=retrieved_with or "")
+                                          explain=explain is not None, model_version=retrieved_with or "",
+                                          pipeline=pipeline)
         t = time.perf_counter()
         response = await self._call("ranking", self.ranking.Rank, request,
                                     self.settings.ranking_timeout_ms / 1000.0, deadline, errors)

@@ -48,7 +48,9 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     user_id: str
     items: list[Item]
-    model_version: str
+    model_version: str = Field(description="The bundle version that retrieved and ranked this answer.")
+    variant: str = Field(description="The arm the user is assigned to: `current`, `canary` and/or the experiment "
+                                     "bucket (`experiment:variant` pairs, comma-separated).")
     fallback: str | None = Field(None, description="null, or the fallback rung that served the request.")
     cached: bool
     request_id: str

@@ -65,6 +65,8 @@ class GatewaySettings(BaseSettings):
     breaker_window: int = Field(20, ge=1, description="Number of most recent calls the breaker's failure rate is computed over.")
     breaker_min_calls: int = Field(5, ge=1, description="Calls the window must hold before the failure rate can open the breaker (a dead dependency costs this many failed calls).")
     breaker_reset_s: float = Field(2.0, gt=0, description="Seconds an open breaker waits before letting one probe through (half-open).")
+    reload_poll_s: float = Field(1.0, ge=0, description="How often ARTIFACTS_DIR's root is checked: a new `current` (its catalog; requests are pinned to it from then on) and rollout.json (the canary); 0 = only on POST /admin/reload.")
+    pin_wait_s: float = Field(30.0, ge=0, description="After `current` (or a canary) moves, how long the gateway waits for retrieval and ranking to report the new version loaded (gRPC health `<service>/<version>`) before it pins requests to it anyway.")
     readiness_timeout_ms: float = Field(500.0, gt=0, description="Timeout of the gRPC health checks behind /readyz.")
     redis_url: str | None = Field(
         None,
@@ -78,7 +80,7 @@ class GatewaySettings(BaseSettings):
     )
 
     environment: Literal["dev", "prod"] = Field("prod", description="`dev` allows a placeholder GATEWAY_ADMIN_TOKEN (make up, tests); anything else refuses one.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin endpoints (/debug/explain); unset = those endpoints are disabled (404). At least 16 characters, no placeholder, outside dev.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin endpoints (/debug/explain, /admin/reload); unset = those endpoints are disabled (404). At least 16 characters, no placeholder, outside dev.")
 
     @model_validator(mode="after")
     def _no_placeholder_admin_token(self) -> GatewaySettings:

@@ -69,21 +69,23 @@ class RankingPipeline:
             self.rank(user, cand, rng.random(cand.size, dtype=np.float32))
 
     def rank(self, user_id: str, item_ids: np.ndarray, retrieval_scores: np.ndarray,
-             explain_top: int = 0) -> RankResult:
+             explain_top: int = 0, record: bool = True) -> RankResult:
         """``explain_top`` > 0: also the scorer's input rows (feature name -> value) of the best
-        ``explain_top`` candidates and the event time of each feature view row they came from."""
+        ``explain_top`` candidates and the event time of each feature view row they came from.
+        ``record=False``: not observed in the stage metrics (the shadow ranker's calls)."""
         t0 = time.perf_counter()
         user = self.features.user(parse_user_id(user_id))
         items = self.features.items(item_ids)
         t1 = time.perf_counter()
-        self._t_features.observe(t1 - t0)
         with span(self._tracer, f"scorer {self.scorer.name}", component=self.scorer.name, candidates=int(item_ids.size)):
             scores = self.scorer.score(user, items, retrieval_scores)
         t2 = time.perf_counter()
-        self._t_score.observe(t2 - t1)
         order = np.argsort(-scores, kind="stable")
-        self._t_select.observe(time.perf_counter() - t2)
-        self.metrics.count_candidates(self.scorer.name, int(item_ids.size))
+        if record:
+            self._t_features.observe(t1 - t0)
+            self._t_score.observe(t2 - t1)
+            self._t_select.observe(time.perf_counter() - t2)
+            self.metrics.count_candidates(self.scorer.name, int(item_ids.size))
         explained = None
         if explain_top > 0:
             explained = self._explain(user, items, item_ids, retrieval_scores, order[:explain_top],

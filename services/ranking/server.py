@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 
 from common.proto.recsys.v1 import ranking_pb2, ranking_pb2_grpc
+from services.arms import ArmNotLoaded, Arms
 from services.ranking.pipeline import RankingPipeline, RankResult
 from services.ranking.settings import RankingSettings
 from services.validation import (
@@ -59,17 +60,23 @@ def to_response(result: RankResult) -> ranking_pb2.RankResponse:
     )
 
 
-def build_pipeline(settings: RankingSettings, bundle, features, metrics) -> RankingPipeline:
-    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``)."""
+def build_pipeline(settings: RankingSettings, bundle, features, metrics, config=None) -> RankingPipeline:
+    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``);
+    ``config``: a :class:`PipelineConfig` (an experiment arm's), default RANKING_PIPELINE_CONFIG."""
     from services.components.config import load_config
 
-    return RankingPipeline.load_artifacts(bundle, features, metrics, load_config(settings.pipeline_config).ranking)
+    config = config if config is not None else load_config(settings.pipeline_config)
+    return RankingPipeline.load_artifacts(bundle, features, metrics, config.ranking)
 
 
-def rank(pipeline: RankingPipeline, settings: RankingSettings,
-         request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
-    """One Rank call whatever carries it; :class:`InvalidRequest` for a bad request."""
+def rank(arms: Arms, settings: RankingSettings, request: ranking_pb2.RankRequest,
+         shadow=None) -> ranking_pb2.RankResponse:
+    """One Rank call whatever carries it: :class:`InvalidRequest` for a bad request,
+    :class:`ArmNotLoaded` for candidates retrieved with a version this service does not hold (it
+    never scores them with another one). ``shadow`` (:class:`ShadowScorer`): offered the call
+    once it is answered, when a shadow ranker is loaded."""
     check(validate(request, settings))
+    pipeline = arms.select(request.model_version, request.pipeline, strict=True)
     cands = request.candidates
     item_ids = np.array(cands.item_ids, np.int64)
     scores = np.array(cands.scores, np.float32)
@@ -80,27 +87,23 @@ def rank(pipeline: RankingPipeline, settings: RankingSettings,
     response = to_response(result)
     if result.explain is not None:
         response.explain_json = orjson.dumps(result.explain).decode()
+    if shadow is not None and arms.shadow is not None and arms.shadow.version != result.model_version \
+            and not request.explain:
+        shadow.offer(arms.pipelines.get(arms.shadow), request.user_id, item_ids, scores, result)
     return response
 
 
-def pick(current: RankingPipeline, previous: RankingPipeline | None, version: str) -> RankingPipeline:
-    """The pipeline of the version the candidates were retrieved with when it is still loaded
-    (the replaced one, for ``RANKING_KEEP_PREVIOUS_S`` after a hot swap), else the current one."""
-    if version and previous is not None and previous.version == version and current.version != version:
-        return previous
-    return current
-
-
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(self, settings: RankingSettings) -> None:
+    def __init__(self, settings: RankingSettings, shadow=None) -> None:
         self.settings = settings
-        self.pipeline: RankingPipeline | None = None  # set once the artifacts are loaded
-        self.previous: RankingPipeline | None = None  # the replaced one, for a while after a hot swap
+        self.arms: Arms | None = None  # set once the artifacts are loaded; replaced whole by a hot swap
+        self.shadow = shadow  # services.ranking.shadow.ShadowScorer, started once loaded
 
     async def Rank(self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext):
-        current = await loaded(context, self.pipeline, "ranking")
-        pipeline = pick(current, self.previous, request.model_version)
+        arms = await loaded(context, self.arms, "ranking")
         try:
-            return rank(pipeline, self.settings, request)
+            return rank(arms, self.settings, request, self.shadow)
         except InvalidRequest as exc:
             await reject_invalid(context, str(exc))
+        except ArmNotLoaded as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))

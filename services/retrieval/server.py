@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from common.proto.recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.arms import Arms
 from services.retrieval.pipeline import RetrievalPipeline, RetrievalResult, RetrievalTrace, explain
 from services.retrieval.settings import RetrievalSettings
 from services.validation import (
@@ -54,20 +55,23 @@ def to_response(result: RetrievalResult) -> retrieval_pb2.RetrieveResponse:
     )
 
 
-def build_pipeline(settings: RetrievalSettings, bundle, features, metrics) -> RetrievalPipeline:
-    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``)."""
+def build_pipeline(settings: RetrievalSettings, bundle, features, metrics, config=None) -> RetrievalPipeline:
+    """The configured pipeline on ``bundle`` (the gRPC service and ``services.inprocess``);
+    ``config``: a :class:`PipelineConfig` (an experiment arm's), default RETRIEVAL_PIPELINE_CONFIG."""
     from services.components.config import load_config
 
     # an invalid config is a PipelineConfigError: the service refuses to serve, in one line
-    config = load_config(settings.pipeline_config).retrieval
-    config.check_quotas(settings.max_k, "RETRIEVAL_MAX_K")
-    return RetrievalPipeline.load_artifacts(bundle, features, metrics, config)
+    retrieval = (config if config is not None else load_config(settings.pipeline_config)).retrieval
+    retrieval.check_quotas(settings.max_k, "RETRIEVAL_MAX_K")
+    return RetrievalPipeline.load_artifacts(bundle, features, metrics, retrieval)
 
 
-def retrieve(pipeline: RetrievalPipeline, settings: RetrievalSettings,
+def retrieve(arms: Arms, settings: RetrievalSettings,
              request: retrieval_pb2.RetrieveRequest) -> retrieval_pb2.RetrieveResponse:
-    """One Retrieve call whatever carries it; :class:`InvalidRequest` for a bad request."""
+    """One Retrieve call whatever carries it; :class:`InvalidRequest` for a bad request. The arm
+    the request is pinned to answers when it is loaded, else the current one (the response says)."""
     check(validate(request, settings))
+    pipeline = arms.select(request.model_version, request.pipeline)
     # CPU-bound (~1 ms) and without awaits on purpose: a thread hop would cost more than it
     # saves on 1-2 cores; scale out with processes/replicas.
     trace = RetrievalTrace() if request.explain else None  # nothing is collected unless asked
@@ -87,11 +91,11 @@ def retrieve(pipeline: RetrievalPipeline, settings: RetrievalSettings,
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, settings: RetrievalSettings) -> None:
         self.settings = settings
-        self.pipeline: RetrievalPipeline | None = None  # set once the artifacts are loaded
+        self.arms: Arms | None = None  # set once the artifacts are loaded; replaced whole by a hot swap
 
     async def Retrieve(self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext):
-        pipeline = await loaded(context, self.pipeline, "retrieval")
+        arms = await loaded(context, self.arms, "retrieval")
         try:
-            return retrieve(pipeline, self.settings, request)
+            return retrieve(arms, self.settings, request)
         except InvalidRequest as exc:
             await reject_invalid(context, str(exc))

@@ -21,5 +21,6 @@ class RetrievalSettings(BaseSettings):
     max_context_items: int = Field(100, ge=0, description="Most context.recent_item_ids accepted in one Retrieve call.")
     pipeline_config: Path | None = Field(None, description="The component pipeline (sources, quotas, filters; two_tower's nprobe / ef_search); unset = services/pipeline.toml.")
     warmup_requests: int = Field(50, ge=0, description="In-process warm-up calls before the service reports SERVING.")
-    reload_poll_s: float = Field(1.0, ge=0, description="How often ARTIFACTS_DIR (the `current` link) is checked for a new bundle, which is then loaded, verified, warmed and swapped in without a restart (SIGHUP: check now); 0 = on SIGHUP only.")
+    reload_poll_s: float = Field(1.0, ge=0, description="How often the artifacts root is checked (the `current` link, rollout.json: canary, shadow): a new arm is loaded, verified, warmed and swapped in without a restart (SIGHUP: check now); 0 = on SIGHUP only.")
+    keep_previous_s: float = Field(30.0, ge=0, description="After a switch, how long a replaced arm (bundle version x pipeline) stays loaded for requests the gateway pinned to it (RetrieveRequest.model_version).")
     log_level: str = Field("INFO", description="Log level of the retrieval service.")

@@ -164,16 +164,6 @@ def popular(bundle_path: Path) -> list[int]:
     return [int(r["item_id"]) for r in json.loads(bundle.path("popular_items").read_text())]
 
 
-@pytest.fixture(scope="session")
-def known_users(bundle_path: Path) -> list[str]:
-    import numpy as np
-
-    from common.bundle import load_bundle
-
-    ids = np.load(load_bundle(bundle_path, verify=False).path("user_ids"), allow_pickle=False)
-    return [str(int(i)) for i in ids[1:] if i >= 0]
-
-
 def poll(fn, timeout: float = 5.0):
     """``fn()`` once it is truthy, or its last value after ``timeout`` seconds (for effects that
     land after the response: cache writes, the exposure log)."""

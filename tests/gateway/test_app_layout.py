@@ -26,9 +26,10 @@ def _schema(response: dict) -> dict:
 def test_openapi_documents_every_route_and_status():
     paths = create_app(GatewaySettings()).openapi()["paths"]
     # /metrics is not part of the API
-    assert set(paths) == {"/recommend", "/events", "/debug/explain", "/healthz", "/readyz"}
+    assert set(paths) == {"/recommend", "/events", "/debug/explain", "/admin/reload", "/healthz", "/readyz"}
     for op in paths["/debug/explain"].values():  # admin: every refusal documented
         assert {"200", "401", "404", "422"} <= set(op["responses"])
+    assert set(paths["/admin/reload"]["post"]["responses"]) == {"200", "401", "404"}
     assert set(paths["/recommend"]) == {"get", "post"}
     error_model = {"$ref": "#/components/schemas/ErrorResponse"}
     for method, op in paths["/recommend"].items():

@@ -169,6 +169,8 @@ def test_worker_count_defaults_by_mode():
 
 # -- unit level: in-process faces over fake pipelines --------------------------------------------
 class FakeRetrieval:
+    version = "v"
+
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
 
@@ -183,6 +185,8 @@ class FakeRetrieval:
 
 
 class FakeRanking:
+    version = "v"
+
     def __init__(self, fail: bool = False, sleep_s: float = 0.0) -> None:
         self.fail, self.sleep_s = fail, sleep_s
 

@@ -109,3 +109,82 @@ def test_cli_list_publish_rollback(root, registry, monkeypatch):
     r = runner.invoke(cli.app, ["rollback", "--why", "bad canary"])
     assert r.exit_code == 0, r.output
     assert Deployments(root).pointer(CURRENT) == "v1"
+
+
+# -- canary, promote, abort, shadow ------------------------------------------------------------
+def test_canary_ramp_promote_each_checked_and_logged(root, registry):
+    d = Deployments(root)
+    lifecycle.canary(root, "v2", 5, registry, why="try v2", actor="alice")
+    state = d.rollout()
+    assert (state.canary.version, state.canary.percent) == ("v2", 5.0) and d.pointer(CURRENT) == "v1"
+    salt = state.canary.salt
+    lifecycle.canary(root, "v2", 20, registry, why="ramp", actor="alice")  # the same canary, a larger share
+    assert d.rollout().canary.percent == 20.0 and d.rollout().canary.salt == salt  # the first 5 % stay in
+    assert [r.role for r in lifecycle.rows(root) if r.version == "v2"] == ["canary 20%"]
+    done = lifecycle.promote(root, registry, why="looks good", actor="bob")
+    assert (done.action, done.version, done.replaced) == ("promote", "v2", "v1")
+    assert (d.pointer(CURRENT), d.pointer(PREVIOUS), d.rollout().canary) == ("v2", "v1", None)
+    assert [(a.action, a.version, a.percent) for a in d.history()][1:] == [
+        ("canary", "v2", 5.0), ("canary", "v2", 20.0), ("promote", "v2", None)]
+
+
+def test_canary_refusals_switch_nothing(root, registry):
+    d = Deployments(root)
+    with pytest.raises(LifecycleError, match="v1 is current"):
+        lifecycle.canary(root, "v1", 10, registry, why="x")
+    with pytest.raises(LifecycleError, match="no bundle version 'v9'"):
+        lifecycle.canary(root, "v9", 10, registry, why="x")
+    with pytest.raises(LifecycleError, match=r"percent must be in \(0, 100\]"):
+        lifecycle.canary(root, "v2", 0, registry, why="x")
+    with pytest.raises(LifecycleError, match="no canary to promote"):
+        lifecycle.promote(root, registry, why="x")
+    with pytest.raises(LifecycleError, match="no canary to abort"):
+        lifecycle.abort(root, why="x")
+    lifecycle.canary(root, "v2", 10, registry, why="x")
+    copy_bundle(root / "v2", root, "v3")
+    with pytest.raises(LifecycleError, match="canary v2 is running: promote or abort it first"):
+        lifecycle.canary(root, "v3", 10, registry, why="x")
+    # a canary whose files were damaged while it ran is not promoted
+    (root / "v2" / "popular_items.json").write_text("[]")
+    with pytest.raises(LifecycleError, match="v2 refused: .*sha256"):
+        lifecycle.promote(root, registry, why="x")
+    assert d.pointer(CURRENT) == "v1" and d.rollout().canary.version == "v2"
+    done = lifecycle.abort(root, why="damaged", actor="carol")
+    assert (done.action, done.version, d.rollout().canary, d.pointer(CURRENT)) == ("abort", "v2", None, "v1")
+
+
+def test_shadow_on_and_off(root, registry):
+    d = Deployments(root)
+    lifecycle.shadow(root, "v2", registry, why="compare rankers", actor="dan")
+    assert d.rollout().shadow == "v2" and d.pointer(CURRENT) == "v1"
+    assert "shadow" in [r.role for r in lifecycle.rows(root) if r.version == "v2"][0]
+    lifecycle.shadow(root, None, registry, why="done")
+    assert d.rollout().shadow is None
+    with pytest.raises(LifecycleError, match="no shadow ranker to stop"):
+        lifecycle.shadow(root, None, registry, why="again")
+    assert [a.action for a in d.history()][-2:] == ["shadow", "shadow-off"]
+
+
+def test_a_broken_rollout_file_is_an_error_not_a_guess(root, registry):
+    (root / "rollout.json").write_text("{not json")
+    with pytest.raises(LifecycleError, match="rollout.json: unreadable"):
+        lifecycle.canary(root, "v2", 10, registry, why="x")
+
+
+def test_cli_canary_promote_abort_shadow(root, registry, monkeypatch):
+    from models import __main__ as cli
+    from models.config import PipelineConfig
+
+    monkeypatch.setattr(cli, "PipelineConfig", lambda: PipelineConfig(artifacts_dir=root))
+    monkeypatch.setattr(cli, "FeatureStoreSettings", lambda: registry)
+    app = cli.app
+    runner = CliRunner()
+    out = runner.invoke(app, ["canary", "v2", "--percent", "10", "--why", "cli"])
+    assert out.exit_code == 0, out.output
+    assert "canary = v2 for 10% of users" in out.output
+    out = runner.invoke(app, ["shadow"])
+    assert out.exit_code == 2 and "give a VERSION or --off" in out.output
+    out = runner.invoke(app, ["abort"])
+    assert out.exit_code == 0 and "canary v2 aborted" in out.output, out.output
+    out = runner.invoke(app, ["promote"])
+    assert out.exit_code == 2 and "no canary to promote" in out.output

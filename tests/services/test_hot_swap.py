@@ -3,8 +3,9 @@
 Both services run over an artifacts root of their own (copies of the real bundle as v1 and v2)
 with a 0.2 s reload poll, reading the session's materialised Redis. While a client keeps calling
 Retrieve, ``current`` is switched to v2 (the deployment log's switch, as ``make publish`` does):
-both serve v2 within 2 s and no call fails; ranking keeps v1 loaded for requests retrieved with
-it; a corrupt v3 is refused while v2 keeps serving.
+both serve v2 within 2 s and no call fails; both keep v1 loaded for requests pinned to it (ranking
+refuses a version it does not hold rather than score it with another); a corrupt v3 is refused
+while v2 keeps serving, and the ``/status`` page beside ``/metrics`` says why.
 """
 
 from __future__ import annotations
@@ -91,8 +92,17 @@ def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_ref
         assert set(versions) == {"v1", "v2"} and versions.index("v2") > 0
         assert versions[versions.index("v2"):].count("v1") == 0  # once swapped, never back
         assert took < 2.0
-        # candidates retrieved with v1 are still ranked by v1 (kept RANKING_KEEP_PREVIOUS_S)
-        assert rank("v1") == "v1" and rank("v2") == "v2" and rank("v0") == "v2"
+        # candidates retrieved with v1 are still ranked by v1 (kept RANKING_KEEP_PREVIOUS_S), a
+        # request pinned to v1 is still retrieved by it; a version never loaded is refused
+        assert rank("v1") == "v1" and rank("v2") == "v2"
+        pinned = rstub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=50, model_version="v1"), timeout=5)
+        assert pinned.model_version == "v1"
+        with pytest.raises(grpc.RpcError) as info:
+            rank("v0")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "v0 is not loaded" in info.value.details()
+        # pinned to a version retrieval does not hold: answered by the current one, which it says
+        assert rstub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=50, model_version="v0"),
+                              timeout=5).model_version == "v2"
 
         # a corrupt bundle: refused, v2 keeps serving, counted
         copy_bundle(root / "v2", root, "v3")
@@ -107,7 +117,11 @@ def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_ref
 
         _until(lambda: refused(retrieval.metrics_port, "retrieval") and refused(ranking.metrics_port, "ranking"), 3.0)
         assert _retrieve(rstub).model_version == "v2" and rank("") == "v2"
-        assert "refused bundle v3, still serving v2" in retrieval.log_path.read_text()
+        assert "refused arm v3, still serving v2" in retrieval.log_path.read_text()
+        for svc in (retrieval, ranking):
+            status = httpx.get(f"http://127.0.0.1:{svc.metrics_port}/status", timeout=5).json()
+            assert status["default"] == "v2" and "v3" in status["refused"], status
+            assert "sha256" in status["refused"]["v3"]["reason"], status
 
 
 def test_sighup_swaps_at_once_with_polling_off(services_feast, tmp_path_factory, bundle_path):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.gateway.routes import events, explain, health, metrics, recommend
+from services.gateway.routes import admin, events, explain, health, metrics, recommend
 
 
 def register_all(app: FastAPI) -> None:
-    for module in (recommend, events, explain, health, metrics):
+    for module in (recommend, events, explain, admin, health, metrics):
         module.register(app)

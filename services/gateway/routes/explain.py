@@ -1,8 +1,7 @@
 """``GET/POST /debug/explain``: the answer to a /recommend request plus how it was made.
 
 Admin only: ``Authorization: Bearer <GATEWAY_ADMIN_TOKEN>``, compared in constant time
-(``hmac.compare_digest``: the time taken does not tell how much of a guess was right). Without
-a configured token the endpoint does not exist (404), so a deployment that never set one exposes
+(:func:`services.gateway.deps.admin_refusal`). Without a configured token the endpoint does not exist (404), so a deployment that never set one exposes
 nothing; a missing or wrong token is 401. The request is answered by the same recommender as
 /recommend, with ``explain`` switched on: the pipeline runs in full (cache status is reported,
 not used), retrieval and ranking return their account of it, and nothing is cached. A plain
@@ -11,7 +10,6 @@ not used), retrieval and ranking return their account of it, and nothing is cach
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated
 
@@ -19,9 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi import Query as Q
 from fastapi.responses import Response
 
-from services.gateway.deps import Runtime, RuntimeDep
+from services.gateway.deps import Runtime, RuntimeDep, admin_refusal
 from services.gateway.pipeline import Query
-from services.gateway.responses import JSONBytes, error
+from services.gateway.responses import JSONBytes
 from services.gateway.routes.recommend import query_from_body
 from services.gateway.schemas import K_MAX, USER_ID_MAX, RecommendRequest
 
@@ -30,20 +28,6 @@ RESPONSES = {
     404: {"description": "Disabled: no GATEWAY_ADMIN_TOKEN is configured."},
     422: {"description": "Invalid request (the same rules as /recommend)."},
 }
-
-
-def _refused(request: Request, runtime: Runtime):
-    """None when the caller may explain, else the 404 / 401 response."""
-    token = runtime.settings.admin_token
-    if token is None:
-        return error(404, "not found")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        response = error(401, "admin endpoint: send Authorization: Bearer <GATEWAY_ADMIN_TOKEN>")
-        response.headers["www-authenticate"] = "Bearer"
-        return response
-    return None
 
 
 async def _explain(q: Query, runtime: Runtime):
@@ -59,6 +43,7 @@ async def _explain(q: Query, runtime: Runtime):
                           "ladder": list(runtime.recommender.ladder),
                           "seconds": round(time.perf_counter() - t, 6)}
     answer = {"user_id": q.user_id, "items": result.items, "model_version": result.model_version,
+              "variant": result.assignment.variant if result.assignment else None,
               "fallback": result.fallback, "cached": result.cached}
     return JSONBytes({"answer": answer, "explain": explain})
 
@@ -69,13 +54,13 @@ async def explain_get(
     user_id: Annotated[str, Q(min_length=1, max_length=USER_ID_MAX, description="MovieLens user id")],
     k: Annotated[int, Q(ge=1, le=K_MAX, description="Number of items")] = 10,
 ):
-    if (refused := _refused(request, runtime)) is not None:
+    if (refused := admin_refusal(request, runtime)) is not None:
         return refused
     return await _explain(Query(user_id=user_id, k=k), runtime)
 
 
 async def explain_post(request: Request, body: RecommendRequest, runtime: RuntimeDep):
-    if (refused := _refused(request, runtime)) is not None:
+    if (refused := admin_refusal(request, runtime)) is not None:
         return refused
     q = query_from_body(body, runtime)
     return q if isinstance(q, Response) else await _explain(q, runtime)

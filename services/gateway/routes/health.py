@@ -17,7 +17,7 @@ from services.gateway.responses import JSONBytes, error
 SERVICES = {"retrieval": "recsys.v1.RetrievalService", "ranking": "recsys.v1.RankingService"}
 
 
-async def _serving(channel: grpc.aio.Channel, service: str, timeout: float) -> str:
+async def serving_status(channel: grpc.aio.Channel, service: str, timeout: float) -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     try:
         response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -36,14 +36,15 @@ async def readyz(runtime: StartingRuntimeDep):
     names = list(SERVICES)
     if runtime.channels:
         timeout = runtime.settings.readiness_timeout_ms / 1000.0
-        statuses = await asyncio.gather(*(_serving(runtime.channels[n], SERVICES[n], timeout) for n in names))
+        statuses = await asyncio.gather(*(serving_status(runtime.channels[n], SERVICES[n], timeout) for n in names))
     else:  # in-process stages: loaded and warmed up in the lifespan
         statuses = ["SERVING" if runtime.stages.get(n) is not None else "NOT_SERVING" for n in names]
     deps = dict(zip(names, statuses, strict=True))
     ready = all(s == "SERVING" for s in statuses)
     catalog = runtime.catalog
     body = {"ready": ready, "dependencies": deps, "cache": runtime.cache.name,
-            "bundle": catalog.version or None, "bundle_error": catalog.error}
+            "bundle": catalog.version or None, "bundle_error": catalog.error,
+            "deployment": runtime.deployment.status() if runtime.deployment is not None else None}
     return JSONBytes(body, status_code=200 if ready else 503)
 
 

@@ -51,10 +51,11 @@ async def serve(q: Query, runtime: Runtime) -> Response:
     runtime.metrics.requests.labels(code="200").inc()
     if runtime.exposures is not None:
         runtime.exposures.offer(request_id, q.user_id, result.items, result.model_version, result.fallback,
-                                result.cached)
+                                result.cached, result.assignment.bucket)
     body = {
         "user_id": q.user_id, "items": result.items, "model_version": result.model_version,
-        "fallback": result.fallback, "cached": result.cached, "request_id": request_id,
+        "variant": result.assignment.variant, "fallback": result.fallback, "cached": result.cached,
+        "request_id": request_id,
     }
     return JSONBytes(orjson.dumps(body), headers=headers)
 
