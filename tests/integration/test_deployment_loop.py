@@ -356,3 +356,30 @@ def test_admin_reload_needs_the_token(loop):
     r = loop.client.post("/admin/reload", headers=ADMIN)
     assert r.status_code == 200 and r.json()["deployment"]["current"] == "v2", r.text
     assert orjson.loads(r.content)["changed"] == {}
+
+
+def test_inprocess_mode_follows_current_on_admin_reload(tmp_path, bundle_path):
+    """GATEWAY_MODE=inprocess with polling off: POST /admin/reload loads the new arms in the
+    gateway's own stages and pins to them (no restart)."""
+    from tests.gateway.conftest import lone_gateway
+
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    for v in ("v1", "v2"):
+        copy_bundle(bundle_path, root, v)
+    Deployments(root).switch("v1", action="publish", why="t", actor="t")
+    env = {"GATEWAY_MODE": "inprocess", "GATEWAY_WORKERS": "1", "GATEWAY_RELOAD_POLL_S": "0",
+           "GATEWAY_ADMIN_TOKEN": TOKEN, "GATEWAY_ENVIRONMENT": "dev", "GATEWAY_CACHE_TTL_S": "0",
+           "RETRIEVAL_WARMUP_REQUESTS": "5", "RANKING_WARMUP_REQUESTS": "5"}
+    with lone_gateway(tmp_path / "run", root / CURRENT, env, timeout=120) as gw:
+        def version() -> str:
+            r = gw.get("/recommend", params={"user_id": "1", "k": 5})
+            assert r.status_code == 200 and r.json()["fallback"] is None, r.text
+            return r.json()["model_version"]
+
+        assert version() == "v1"
+        Deployments(root).switch("v2", action="publish", why="t", actor="t")
+        assert version() == "v1"  # polling is off
+        r = gw.post("/admin/reload", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["changed"] == {"catalog": "v2"}, r.text
+        assert version() == "v2"
