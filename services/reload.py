@@ -53,7 +53,6 @@ class Reloader:
         self.keep_previous_s = keep_previous_s
         self.wants_shadow = wants_shadow
         self.clock = clock
-        self._folders: dict[ArmKey, Path] = {k: self._folder(k) for k in servicer.arms.pipelines}
         self._retiring: dict[ArmKey, float] = {}  # arm -> when it is dropped
         self._refused: dict[ArmKey, tuple[Path, str, str]] = {}  # arm -> (folder, reason, when)
         self._rollout = Rollout()
@@ -128,7 +127,6 @@ class Reloader:
                     outcome = "refused"
                     continue
                 elapsed = time.perf_counter() - t
-                self._folders[key] = folder
                 self._refused.pop(key, None)
                 self._retiring.pop(key, None)
                 self.reloads.labels(self.name, "swapped").inc()
