@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "e2e": ("benchmarks.e2e", "/recommend through the whole stack"),
     "e2e-modes": ("benchmarks.e2e_modes", "/recommend in GATEWAY_MODE=grpc vs inprocess"),
     "events": ("benchmarks.events", "events loop: freshness, ingestion, consumer lag"),
+    "deploy": ("benchmarks.deploy", "hot swap under load, shadow ranker cost, swap memory (ml-100k and 1M items)"),
 }
 
 
@@ -100,6 +101,19 @@ def e2e_modes() -> None:
 def events() -> None:
     """The events loop: freshness, ingestion throughput, consumer lag (benchmarks/events.py)."""
     raise typer.Exit(_run("events"))
+
+
+@app.command()
+def deploy(
+    quick: bool = typer.Option(False, "--quick", help="3 s phases: a smoke run, figures not meaningful."),
+    skip_scale: bool = typer.Option(False, "--skip-scale", help="Skip the 1M-item swap."),
+    rate: float = typer.Option(200.0, min=1.0, help="/recommend req/s offered (open loop)."),
+    phase_s: float | None = typer.Option(None, "--phase-s", min=1.0, help="Seconds per phase / shadow segment (10; --quick 3)."),
+) -> None:
+    """Hot swap under load, shadow ranker cost, memory of a swap (benchmarks/deploy.py)."""
+    argv = [*(["--quick"] if quick else []), *(["--skip-scale"] if skip_scale else []), "--rate", str(rate),
+            *(["--phase-s", str(phase_s)] if phase_s else [])]
+    raise typer.Exit(_run("deploy", argv=argv))
 
 
 @app.command(name="all")

@@ -290,23 +290,27 @@ def _text(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
+def _bytes_exposure(user, ts, items, bucket, fallback, cached) -> ExposureRow | None:
+    """An exposure from the raw bytes of its fields (XRANGE); None without a user or a finite ts."""
+    if not user or not ts or not items:
+        return None
+    try:
+        t = float(ts)
+    except ValueError:
+        return None
+    if not math.isfinite(t):
+        return None
+    return ExposureRow(user.decode(errors="replace"), t, items, bucket.decode(errors="replace") if bucket else "",
+                       bool(fallback), cached == b"1")
+
+
 def exposure_row(fields: dict) -> ExposureRow | None:
     """An exposure entry's fields (str or bytes keys and values, as XRANGE or a JSON line gives
     them) -> :class:`ExposureRow`; None when it has no user or no finite ``ts``."""
     get = fields.get
     if isinstance(next(iter(fields), None), bytes):  # XRANGE: the fast path
-        user, ts, items = get(b"user_id"), get(b"ts"), get(b"items")
-        if not user or not ts or not items:
-            return None
-        try:
-            t = float(ts)
-        except ValueError:
-            return None
-        if not math.isfinite(t):
-            return None
-        bucket = get(b"bucket")
-        return ExposureRow(user.decode(errors="replace"), t, items, bucket.decode(errors="replace") if bucket else "",
-                           bool(get(b"fallback")), get(b"cached") == b"1")
+        return _bytes_exposure(get(b"user_id"), get(b"ts"), get(b"items"), get(b"bucket"), get(b"fallback"),
+                               get(b"cached"))
     user, ts, items = get("user_id"), get("ts"), get("items")
     bucket, fallback, cached = get("bucket"), get("fallback"), get("cached")
     if not user or ts is None or items is None:
@@ -637,17 +641,7 @@ def _pairs(flat: list) -> dict:
 def exposure_from_entry(flat: list) -> ExposureRow | None:
     """:func:`exposure_row` of a flat XRANGE field list, without a dict in the gateway's field order."""
     if len(flat) == 16 and tuple(flat[0::2]) == _EXPOSURE_KEYS:
-        user, items, fallback, cached, bucket, ts = flat[3], flat[5], flat[9], flat[11], flat[13], flat[15]
-        if not user or not ts or not items:
-            return None
-        try:
-            t = float(ts)
-        except ValueError:
-            return None
-        if not math.isfinite(t):
-            return None
-        return ExposureRow(user.decode(errors="replace"), t, items, bucket.decode(errors="replace"), bool(fallback),
-                           cached == b"1")
+        return _bytes_exposure(flat[3], flat[15], flat[5], flat[13], flat[9], flat[11])
     return exposure_row(_pairs(flat))
 
 

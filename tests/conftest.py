@@ -52,6 +52,17 @@ def known_users(bundle_path: Path) -> list[str]:
     return [str(int(i)) for i in ids[1:] if i >= 0]
 
 
+def until(fn, timeout: float) -> float:
+    """Seconds until ``fn()`` holds (polled every 20 ms); fails the test after ``timeout``."""
+    import time
+
+    t0 = time.monotonic()
+    while not fn():
+        assert time.monotonic() - t0 < timeout, f"not within {timeout}s"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
 def shipped_pipeline(without_experiments: bool = True) -> str:
     """services/pipeline.toml's text, by default cut before its ``[[experiments]]`` (tests add their own)."""
     from services.components.config import DEFAULT_PATH

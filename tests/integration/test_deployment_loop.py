@@ -33,6 +33,7 @@ from deploy.local import Ports, Stack, start_services
 from models import lifecycle
 from services.components.config import DEFAULT_PATH
 from tests.conftest import copy_bundle, shipped_pipeline
+from tests.conftest import until as _until
 
 TOKEN = "deployment-loop-test-admin-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
@@ -111,14 +112,6 @@ def loop(tmp_path_factory, bundle_path, redis_url) -> Iterator[Loop]:
         stack.stop_all()
         exposures.flushdb()
         exposures.close()
-
-
-def _until(fn, timeout: float) -> float:
-    t0 = time.monotonic()
-    while not fn():
-        assert time.monotonic() - t0 < timeout, f"not within {timeout}s"
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 @contextlib.contextmanager

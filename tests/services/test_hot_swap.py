@@ -27,6 +27,7 @@ from common.proto.recsys.v1 import (
     retrieval_pb2_grpc,
 )
 from tests.conftest import copy_bundle
+from tests.conftest import until as _until
 
 FAST = {"RETRIEVAL_WARMUP_REQUESTS": "20", "RANKING_WARMUP_REQUESTS": "20", "RETRIEVAL_GRACE_PERIOD_S": "1",
         "RANKING_GRACE_PERIOD_S": "1", "RETRIEVAL_RELOAD_POLL_S": "0.2", "RANKING_RELOAD_POLL_S": "0.2"}
@@ -44,14 +45,6 @@ def root(tmp_path_factory, bundle_path) -> Path:
 
 def _retrieve(stub, user: str = "1") -> retrieval_pb2.RetrieveResponse:
     return stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id=user, k=50), timeout=5)
-
-
-def _until(fn, timeout: float) -> float:
-    t0 = time.monotonic()
-    while not fn():
-        assert time.monotonic() - t0 < timeout, f"not within {timeout}s"
-        time.sleep(0.02)
-    return time.monotonic() - t0
 
 
 def test_publish_swaps_both_services_without_errors_then_a_corrupt_bundle_is_refused(
