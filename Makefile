@@ -102,7 +102,7 @@ torch-wheel: ## CPU torch wheel (Python 3.11) for the offline image into deploy/
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
 	  --index-url $(TORCH_INDEX_URL) -d deploy/build/wheels torch==$(TORCH_VERSION)
 
-bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end, events loop -> bench-results/*.json
+bench: setup ## Benchmarks: features, retrieval, ranking, ANN, end to end, events loop, deployment -> bench-results/*.json
 	$(PY) -m benchmarks all
 
 loadtest: setup ## Locust, headless, against a running stack (HOST, USERS, DURATION); SLO check
