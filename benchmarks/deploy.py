@@ -181,6 +181,27 @@ def proc_memory(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each pid has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def timeline(records: list, t_ref: float, t0: float, t1: float, bucket: float = 0.5) -> list[dict]:
+    """Per ``bucket`` seconds of due time in [t0, t1), from ``t_ref``: requests, fallbacks, p99."""
+    out: dict[int, list] = {}
+    for r in records:
+        if t0 <= r[0] < t1:
+            out.setdefault(int((r[0] - t_ref) // bucket), []).append(r)
+    return [{"t_s": round(b * bucket, 2), "requests": len(rs), "fallbacks": sum(1 for r in rs if r[2] == 200 and r[4]),
+             "errors": sum(1 for r in rs if r[2] != 200), "p99_ms": _r(percentile([r[1] for r in rs], 99))}
+            for b, rs in sorted(out.items())]
+
+
 class RssSampler(threading.Thread):
     """VmRSS (kB) of each named pid every ``period`` s: ``samples`` = [(monotonic, {name: kB})]."""
 
@@ -320,8 +341,11 @@ def swap_under_load(args, stack, ports, url: str, root: Path, users_file: Path, 
     load = Load(url, users_file, args.rate, total, workdir, "swap", args.connections)
     time.sleep(max(0.0, load.measure_start - time.monotonic()))
     gw_start = scrape(f"{url}/metrics", gw_families)  # the warm-up second's fallbacks are not counted
+    cpu_pids = {n: stack.pid(n) for n in ("gateway", "retrieval", "ranking")}
+    cpu_start, t_cpu_start = cpu_seconds(cpu_pids), time.monotonic()
     time.sleep(max(0.0, load.measure_start + args.phase_s - time.monotonic()))
     gw_0 = scrape(f"{url}/metrics", gw_families)
+    cpu_0 = cpu_seconds(cpu_pids)
     hwm_before = {n: proc_memory(p)["VmHWM"] for n, p in pids.items()}
     t_switch = time.monotonic()
     Deployments(root).switch("v2", action="publish", why="swap under load", actor=ACTOR)
@@ -340,8 +364,10 @@ def swap_under_load(args, stack, ports, url: str, root: Path, users_file: Path, 
     during_end = max(t_all + args.settle_s, t_switch + 0.5)
     time.sleep(max(0.0, during_end - time.monotonic()))
     gw_1 = scrape(f"{url}/metrics", gw_families)
+    cpu_1, t_cpu_1 = cpu_seconds(cpu_pids), time.monotonic()
     out = load.result()
     gw_2 = scrape(f"{url}/metrics", gw_families)
+    cpu_2, t_cpu_2 = cpu_seconds(cpu_pids), time.monotonic()
     load_end = load.measure_start + total
     reload_seconds = {n: scrape(u, ("recsys_bundle_reload_seconds",)) for n, u in metrics_url.items()}
     # keep sampling until both services dropped v1 (RETRIEVAL/RANKING_KEEP_PREVIOUS_S after the switch)
@@ -363,6 +389,10 @@ def swap_under_load(args, stack, ports, url: str, root: Path, users_file: Path, 
     phases["before"]["gateway_counters"] = diff(gw_0, gw_start)
     phases["during"]["gateway_counters"] = diff(gw_1, gw_0)
     phases["after"]["gateway_counters"] = diff(gw_2, gw_1)
+    for name, (a, b, ta, tb) in {"before": (cpu_start, cpu_0, t_cpu_start, t_switch),
+                                 "during": (cpu_0, cpu_1, t_switch, t_cpu_1),
+                                 "after": (cpu_1, cpu_2, t_cpu_1, t_cpu_2)}.items():
+        phases[name]["cores"] = {n: round((b[n] - a[n]) / max(tb - ta, 1e-9), 2) for n in a}
     v2_due = [r[0] for r in records if r[3] == "v2"]
     v1_due = [r[0] for r in records if r[3] == "v1"]
     memory = {}
@@ -371,7 +401,7 @@ def swap_under_load(args, stack, ports, url: str, root: Path, users_file: Path, 
                      "hwm_at_start_mib": round(hwm_start[n] / 1024, 1),
                      "hwm_before_switch_mib": round(hwm_before[n] / 1024, 1), "hwm_end_mib": round(hwm_end[n] / 1024, 1),
                      "series_from_switch": sampler.series(n, t_switch)}
-    timeline = {
+    swap_timeline = {
         "retrieval_serves_v2_s": round(seen["retrieval"] - t_switch, 3),
         "ranking_serves_v2_s": round(seen["ranking"] - t_switch, 3),
         "gateway_pins_v2_s": round(seen["gateway"] - t_switch, 3),
@@ -383,12 +413,13 @@ def swap_under_load(args, stack, ports, url: str, root: Path, users_file: Path, 
         "reload_seconds_gauge": {n: next(iter(v.values()), None) for n, v in reload_seconds.items()},
         "poll_period_ms": 50,
     }
-    return {"phases": phases, "timeline": timeline, "memory": memory, "settle_s": args.settle_s,
+    around = timeline(records, t_switch, t_switch - 2.0, during_end + 2.0)
+    return {"phases": phases, "timeline": swap_timeline, "around_switch_500ms": around, "memory": memory, "settle_s": args.settle_s,
             "loadgen": {k: v for k, v in out["summary"].items()}, "rate": args.rate, "phase_s": args.phase_s}
 
 
 # -- 2. the shadow ranker's cost ---------------------------------------------------------------
-def shadow_cost(args, ports, url: str, root: Path, users_file: Path, workdir: Path) -> dict:
+def shadow_cost(args, stack, ports, url: str, root: Path, users_file: Path, workdir: Path) -> dict:
     import httpx
 
     from common.deployments import Deployments
@@ -397,6 +428,7 @@ def shadow_cost(args, ports, url: str, root: Path, users_file: Path, workdir: Pa
     metrics_url = f"http://127.0.0.1:{ports.ranking_metrics}/metrics"
     families = ("recsys_shadow", "recsys_shadow_seconds")
     deployments = Deployments(root)
+    pids = {n: stack.pid(n) for n in ("gateway", "retrieval", "ranking")}
     segments, pooled = [], {"off": [], "on": []}
     shadow_on = False
     with httpx.Client(timeout=2.0) as c:
@@ -410,16 +442,19 @@ def shadow_cost(args, ports, url: str, root: Path, users_file: Path, workdir: Pa
                 print(f"  shadow {state} after {time.monotonic() - t:.2f}s", flush=True)
                 shadow_on = want
             before = scrape(metrics_url, families)
+            cpu_a, t_a = cpu_seconds(pids), time.monotonic()
             print(f"shadow {state}: /recommend at {args.rate:.0f} req/s for {args.phase_s:.0f}s…", flush=True)
             load = Load(url, users_file, args.rate, args.phase_s, workdir, f"shadow-{i}-{state}", args.connections)
             out = load.result()
             after = scrape(metrics_url, families)
+            cpu_b, t_b = cpu_seconds(pids), time.monotonic()
             records = out["records"]
             pooled[state].extend(records)
             seg = {"segment": i + 1, "shadow": state,
                    **window(records, load.measure_start, load.measure_start + args.phase_s),
                    "late_sends": out["summary"].get("late_sends"),
                    "loadavg_1m": round(os.getloadavg()[0], 2)}
+            seg["cores"] = {n: round((cpu_b[n] - cpu_a[n]) / (t_b - t_a), 2) for n in pids}
             seg["shadow_total"] = _outcomes(diff(after, before))
             seg["shadow_mean_ms"] = _mean_ms(diff(after, before), "recsys_shadow_seconds")
             segments.append(seg)
@@ -592,7 +627,7 @@ def run(args: argparse.Namespace) -> dict:
         result["redis"] = "private redis-server" if redis_url else "embedded SQLite"
         result["loadavg_1m_at_start"] = round(os.getloadavg()[0], 2)
         result["swap"] = swap_under_load(args, stack, ports, url, root, users_file, workdir)
-        result["shadow"] = shadow_cost(args, ports, url, root, users_file, workdir)
+        result["shadow"] = shadow_cost(args, stack, ports, url, root, users_file, workdir)
         for name in ("gateway", "ranking", "retrieval"):  # the scale case gets the machine (Redis stays)
             stack.stop(name, timeout=30)
         result["scale"] = {"skipped": "--skip-scale"} if args.skip_scale else scale_swap(args, stack, redis_url, workdir)
@@ -614,14 +649,15 @@ def report(result: dict) -> None:
 
     sw = result["swap"]
     t = Table(title=f"hot swap v1 -> v2 under /recommend at {sw['rate']:.0f} req/s (open loop, cache off)")
-    for c in ("phase", "seconds", "requests", "errors", "fallbacks", "p50 ms", "p99 ms", "max ms", "answered by"):
+    for c in ("phase", "seconds", "requests", "errors", "fallbacks", "p50 ms", "p99 ms", "max ms", "answered by",
+              "cores gw / ret / rank"):
         t.add_column(c, justify="left" if c in ("phase", "answered by") else "right")
     for name, p in sw["phases"].items():
         t.add_row(name, f"{p['seconds']:.1f}", str(p["requests"]),
                   f"[{'green' if p['errors'] == 0 else 'red'}]{p['errors']}[/]",
                   f"{p['fallbacks']}" + (f" {p['fallbacks_by_rung']}" if p["fallbacks"] else ""),
                   str(p["p50_ms"]), str(p["p99_ms"]), str(p["max_ms"]),
-                  ", ".join(f"{v} {n}" for v, n in p["answered_by"].items()))
+                  ", ".join(f"{v} {n}" for v, n in p["answered_by"].items()), _cores(p.get("cores")))
     console.print(t)
     tl = sw["timeline"]
     loads = {n: (v or {}).get("seconds") for n, v in tl["last_load"].items()}
@@ -629,6 +665,8 @@ def report(result: dict) -> None:
                   f"ranking {tl['ranking_serves_v2_s']:.2f}s (load {loads.get('ranking')}s), gateway pins v2 "
                   f"{tl['gateway_pins_v2_s']:.2f}s; first v2 answer due +{tl['first_v2_answer_due_s']}s, last v1 "
                   f"+{tl['last_v1_answer_due_s']}s; v1 dropped +{tl['v1_dropped_s']}s")
+    console.print("around the switch (due time, 0.5 s buckets: +s requests/fallbacks p99): " + ", ".join(
+        f"{b['t_s']:+.1f} {b['requests']}/{b['fallbacks']} {b['p99_ms']}" for b in sw["around_switch_500ms"]))
     for name, p in sw["phases"].items():
         if p["gateway_counters"]:
             console.print(f"[yellow]gateway counters, {name}: {p['gateway_counters']}[/yellow]")
@@ -653,12 +691,13 @@ def report(result: dict) -> None:
                       f"before {sc['retrieve_k500_before']} / during {sc['retrieve_k500_during']}; ranking: {sc['ranking']}")
     sh = result["shadow"]
     s = Table(title=f"shadow ranker (v1 behind v2) at {sh['rate']:.0f} req/s, interleaved {sh['segment_s']:.0f}s segments")
-    for c in ("segment", "shadow", "requests", "errors", "fallbacks", "p50 ms", "p99 ms", "shadow scored / dropped"):
+    for c in ("segment", "shadow", "requests", "errors", "fallbacks", "p50 ms", "p99 ms", "shadow scored / dropped",
+              "cores gw / ret / rank"):
         s.add_column(c, justify="right")
     for g in sh["segments"]:
         s.add_row(str(g["segment"]), g["shadow"], str(g["requests"]), str(g["errors"]), str(g["fallbacks"]),
                   str(g["p50_ms"]), str(g["p99_ms"]),
-                  f"{g['shadow_total'].get('scored', 0)} / {g['shadow_total'].get('dropped', 0)}")
+                  f"{g['shadow_total'].get('scored', 0)} / {g['shadow_total'].get('dropped', 0)}", _cores(g.get("cores")))
     for cond in ("off", "on"):
         g = sh[cond]
         s.add_row("pooled", cond, str(g["requests"]), str(g["errors"]), str(g["fallbacks"]), str(g["p50_ms"]),
@@ -669,6 +708,10 @@ def report(result: dict) -> None:
                   f"{'met' if sh['met'] else 'MISSED'}); p50 ratio {sh['p50_ratio_on_off']}")
     console.print(f"1-min load average {result.get('loadavg_1m_at_start')} at start, {result.get('loadavg_1m_at_end')} "
                   f"at the end, {os.cpu_count()} CPUs")
+
+
+def _cores(c: dict | None) -> str:
+    return " / ".join(f"{c[n]:.2f}" for n in ("gateway", "retrieval", "ranking")) if c else ""
 
 
 def main(argv: list[str] | None = None) -> dict:
