@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from common.bundle import MANIFEST, Bundle, BundleError, load_bundle
+
+log = logging.getLogger(__name__)
 
 CURRENT, PREVIOUS = "current", "previous"
 LOG = "deployments.jsonl"
@@ -129,8 +132,7 @@ class Deployments:
     # -- switching ---------------------------------------------------------------------------
     def switch(self, version: str, *, action: str, why: str, actor: str | None = None) -> Action:
         """Point ``current`` at ``version`` (``previous`` at what it replaces) and log it."""
-        if not (self.root / version / MANIFEST).is_file():
-            raise BundleError(f"no bundle version {version!r} under {self.root}")
+        self._require(version)
         replaced = self.pointer(CURRENT)
         if replaced == version:
             raise BundleError(f"{version} is already current: nothing to switch")
@@ -151,8 +153,7 @@ class Deployments:
     def start_canary(self, version: str, percent: float, *, why: str, actor: str | None = None) -> Action:
         """Serve ``version`` to ``percent`` % of users; the same version again changes the percent
         (same salt: a ramp from 5 to 20 % keeps the first 5 % in)."""
-        if not (self.root / version / MANIFEST).is_file():
-            raise BundleError(f"no bundle version {version!r} under {self.root}")
+        self._require(version)
         if not 0 < percent <= 100:
             raise BundleError(f"canary percent must be in (0, 100], got {percent:g}")
         if version == self.pointer(CURRENT):
@@ -194,12 +195,15 @@ class Deployments:
                 raise BundleError("no shadow ranker to stop")
             entry = self._entry("shadow-off", state.shadow, why, actor)
         else:
-            if not (self.root / version / MANIFEST).is_file():
-                raise BundleError(f"no bundle version {version!r} under {self.root}")
+            self._require(version)
             entry = self._entry("shadow", version, why, actor)
         self._append(entry)
         self._write_rollout(Rollout(state.canary, version))
         return entry
+
+    def _require(self, version: str) -> None:
+        if not (self.root / version / MANIFEST).is_file():
+            raise BundleError(f"no bundle version {version!r} under {self.root}")
 
     def _entry(self, action: str, version: str, why: str, actor: str | None, **extra) -> Action:
         return Action(at=datetime.now(UTC).isoformat(timespec="seconds"), actor=actor or default_actor(),
@@ -229,3 +233,24 @@ class Deployments:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class RolloutReader:
+    """``rollout.json`` as a poller follows it: :meth:`read` gives the state, or None when the file
+    cannot be read, which is logged once per distinct error (the caller keeps its last good state)."""
+
+    def __init__(self, root: str | Path, who: str) -> None:
+        self.deployments = Deployments(root)
+        self.who = who
+        self.error: str | None = None
+
+    def read(self) -> Rollout | None:
+        try:
+            state = self.deployments.rollout()
+        except BundleError as exc:
+            if str(exc) != self.error:
+                log.error("%s: %s; keeping the canary and shadow as they were", self.who, exc)
+            self.error = str(exc)
+            return None
+        self.error = None
+        return state

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle import Bundle, BundleError, load_bundle
-from common.deployments import Deployments, Rollout
+from common.deployments import Rollout, RolloutReader
 from services.arms import ArmKey, Arms
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Reloader:
         self._retiring: dict[ArmKey, float] = {}  # arm -> when it is dropped
         self._refused: dict[ArmKey, tuple[Path, str, str]] = {}  # arm -> (folder, reason, when)
         self._rollout = Rollout()
-        self._rollout_error: str | None = None
+        self._rollout_reader = RolloutReader(self.root, name)
         self._last_swap: dict | None = None
         self._lock = threading.Lock()
         self.reloads = Counter("recsys_bundle_reloads_total", "Arms loaded by outcome (swapped, refused).",
@@ -86,13 +86,9 @@ class Reloader:
         return keys
 
     def _read_rollout(self) -> None:
-        try:
-            self._rollout = Deployments(self.root).rollout()
-            self._rollout_error = None
-        except BundleError as exc:  # keep the last good state; say so once
-            if str(exc) != self._rollout_error:
-                log.error("%s: %s; keeping canary/shadow as they were", self.name, exc)
-            self._rollout_error = str(exc)
+        state = self._rollout_reader.read()
+        if state is not None:  # unreadable: keep the last good state
+            self._rollout = state
 
     # -- one poll --------------------------------------------------------------------------
     def check(self) -> str | None:
@@ -167,7 +163,7 @@ class Reloader:
             "service": self.name, **arms.describe(),
             "retiring": {str(k): round(max(0.0, t - self.clock()), 1) for k, t in self._retiring.items()},
             "refused": {str(k): {"folder": str(f), "reason": r, "at": at} for k, (f, r, at) in self._refused.items()},
-            "rollout": self._rollout.to_json(), "rollout_error": self._rollout_error,
+            "rollout": self._rollout.to_json(), "rollout_error": self._rollout_reader.error,
             "last_load": self._last_swap,
         }
 

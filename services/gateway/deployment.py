@@ -24,8 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from common.bundle import BundleError
-from common.deployments import Deployments, Rollout
+from common.deployments import Rollout, RolloutReader
 from services.gateway.catalog import Catalog, load_catalog
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class DeploymentWatcher:
         self.root = self.artifacts_dir.parent
         self.catalog = catalog
         self.rollout = Rollout()
-        self.rollout_error: str | None = None
+        self._rollout_reader = RolloutReader(self.root, "gateway")
         self._on_catalog = on_catalog
         self._on_rollout = on_rollout
         self._counter = counter  # gateway_reloads_total
@@ -60,20 +59,13 @@ class DeploymentWatcher:
         except OSError:
             return None
 
-    def _read(self) -> Rollout | None:
-        try:
-            state = Deployments(self.root).rollout()
-        except BundleError as exc:
-            if str(exc) != self.rollout_error:
-                log.error("gateway: %s; keeping the canary as it was", exc)
-            self.rollout_error = str(exc)
-            return None
-        self.rollout_error = None
-        return state
+    @property
+    def rollout_error(self) -> str | None:
+        return self._rollout_reader.error
 
     def read_rollout(self) -> None:
         """Apply ``rollout.json`` as it is (start-up: the stages loaded it before SERVING)."""
-        state = self._read()
+        state = self._rollout_reader.read()
         if state is not None:
             self._apply(state)
 
@@ -105,7 +97,7 @@ class DeploymentWatcher:
             changed: dict = {}
             if self._stages_poll is not None:
                 await asyncio.to_thread(self._stages_poll)
-            state = self._read()
+            state = self._rollout_reader.read()
             if state is not None:
                 new_canary = state.canary is not None and (
                     self.rollout.canary is None or state.canary.version != self.rollout.canary.version)
