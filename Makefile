@@ -10,8 +10,14 @@ PROTO_OUT := common/proto
 # PyTorch of the offline image (same defaults as docker-compose.yml and deploy/Dockerfile)
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# The 1M-item scale catalog: its own bundle root, Feast project (registry, offline parquet) and a
+# saved online store, so it never mixes with the ml-100k stack's keys. SCALE_ITEMS=50000 for a quick one.
+SCALE_ITEMS ?= 1000000
+SCALE_RDB   := data/scale/redis/online.rdb
+SCALE_ENV   := ARTIFACTS_DIR=artifacts/scale/current FEAST_PROJECT=recsys_scale \
+               FEAST_OFFLINE_DIR=data/scale/features FEAST_DATA_DIR=data/scale/feast
 
-.PHONY: help setup proto data artifacts candidate artifacts-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale up-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,8 +48,9 @@ artifacts: setup ## Data -> train -> evaluate -> gate -> publish -> feast apply 
 candidate: setup ## Train and gate a new bundle beside current, not switched to (then canary / shadow / publish it)
 	$(PY) -m models run --no-publish
 
-artifacts-scale: setup ## Synthetic 1M-item catalog from the trained item tower + tuned ANN index
-	$(PY) -m models scale
+artifacts-scale: setup ## 1M-item catalog: bundle (item tower + tuned ANN index) + its features materialised (SCALE_ITEMS=...)
+	$(PY) -m models scale --items $(SCALE_ITEMS)
+	$(SCALE_ENV) $(PY) -m deploy.local online-store --rdb $(SCALE_RDB)
 
 bundles: setup ## Bundle versions, which is current / previous, the last deployments
 	$(PY) -m models list
@@ -81,6 +88,9 @@ materialize: setup ## Materialise offline parquet into the online store (Redis o
 
 up: setup ## Start retrieval, ranking, gateway and (with Redis) the events consumer in the background (run/), wait for /readyz
 	$(PY) -m deploy.local up
+
+up-scale: setup ## `make up` serving the 1M-item catalog (its Redis loaded from the saved online store)
+	$(SCALE_ENV) $(PY) -m deploy.local up --online-rdb $(SCALE_RDB)
 
 down: ## Stop exactly the processes `make up` started
 	$(PY) -m deploy.local down

@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy|scale`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "e2e-modes": ("benchmarks.e2e_modes", "/recommend in GATEWAY_MODE=grpc vs inprocess"),
     "events": ("benchmarks.events", "events loop: freshness, ingestion, consumer lag"),
     "deploy": ("benchmarks.deploy", "hot swap under load, shadow ranker cost, swap memory (ml-100k and 1M items)"),
+    "scale": ("benchmarks.scale", "1M items end to end: grpc / inprocess x online / precomputed / hybrid"),
 }
 
 
@@ -114,6 +115,16 @@ def deploy(
     argv = [*(["--quick"] if quick else []), *(["--skip-scale"] if skip_scale else []), "--rate", str(rate),
             *(["--phase-s", str(phase_s)] if phase_s else [])]
     raise typer.Exit(_run("deploy", argv=argv))
+
+
+@app.command()
+def scale(
+    runtimes: str = typer.Option("grpc,inprocess", help="Gateway runtimes to measure."),
+    modes: str = typer.Option("online,precomputed,hybrid", help="Serving modes to measure."),
+    duration: float = typer.Option(10.0, min=1.0, help="Seconds of each 32-connection run."),
+) -> None:
+    """The 1M-item catalog end to end, runtimes x serving modes side by side (benchmarks/scale.py)."""
+    raise typer.Exit(_run("scale", argv=["--runtimes", runtimes, "--modes", modes, "--duration", str(duration)]))
 
 
 @app.command(name="all")

@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import typer
@@ -252,22 +253,65 @@ class StackInfo:
         return cls(**json.loads(path.read_text()))
 
 
-def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = False) -> str:
+def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = False, rdb: Path | None = None,
+                timeout: float = 10.0) -> str:
     """A private ``redis-server`` on 127.0.0.1; ``appendonly``: with its AOF (``appendfsync
-    everysec``) in the stack's folder, as the acknowledged events need (``make up``)."""
+    everysec``) in the stack's folder, as the acknowledged events need (``make up``); ``rdb``: an
+    online store saved by ``online-store`` (the 1M-item catalog's ~1 GB of Feast rows), copied into
+    the stack's folder and loaded at start instead of materialising again."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server is not on PATH")
     port = port or free_port()
-    stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "yes" if appendonly else "no", "--dir", str(stack.run_dir)])
-    deadline = time.monotonic() + 10
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(stack.run_dir)]
+    if rdb is not None:
+        if not Path(rdb).is_file():
+            raise StackError(f"no saved online store at {rdb}: build it with `make artifacts-scale`")
+        shutil.copyfile(rdb, stack.run_dir / "online.rdb")
+        # Redis loads an RDB only with the AOF off; the AOF is switched on once the data is in
+        argv += ["--dbfilename", "online.rdb", "--appendonly", "no"]
+    else:
+        argv += ["--appendonly", "yes" if appendonly else "no"]
+    stack.start("redis", argv)
+    deadline = time.monotonic() + timeout
     while not port_in_use(port):
         stack.check_alive(["redis"])
         if time.monotonic() > deadline:
-            raise StackError(f"redis-server did not listen on {port} within 10s: {stack.log_path('redis')}")
+            raise StackError(f"redis-server did not listen on {port} within {timeout:.0f}s: {stack.log_path('redis')}")
         time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{port}/0"
+    if rdb is not None:
+        wait_redis_loaded(stack, url, timeout, appendonly=appendonly)
+    return url
+
+
+def wait_redis_loaded(stack: Stack, url: str, timeout: float, *, appendonly: bool) -> None:
+    """Until the RDB is loaded (``INFO persistence`` loading:0); with ``appendonly``, switch the
+    AOF on and wait for its first rewrite, so that what is acknowledged afterwards is on disk."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        enabled = False
+        while True:
+            stack.check_alive(["redis"])
+            try:
+                info = client.info("persistence")
+                if not info["loading"]:
+                    if not appendonly:
+                        return
+                    if not enabled:
+                        client.config_set("appendonly", "yes")
+                        enabled = True
+                    elif info["aof_enabled"] and not info["aof_rewrite_in_progress"] \
+                            and not info.get("aof_rewrite_scheduled", 0):
+                        return
+            except redis.exceptions.BusyLoadingError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"redis-server at {url} did not load its data within {timeout:.0f}s: "
+                                 f"{stack.log_path('redis')}")
+            time.sleep(0.1)
 
 
 def materialize(redis_url: str, log_path: Path) -> None:
@@ -351,7 +395,12 @@ def gateway_mode() -> str:
 
 # -- CLI ---------------------------------------------------------------------------------------
 @app.command()
-def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")) -> None:
+def up(
+    timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz."),
+    online_rdb: Annotated[Path | None, typer.Option(
+        help="Start the private Redis from this saved online store (`online-store --rdb`) instead of "
+             "materialising (make up-scale); ignored when REDIS_URL is set.")] = None,
+) -> None:
     """Start retrieval, ranking and the gateway in the background (GATEWAY_MODE=inprocess: the
     gateway alone); wait until ready."""
     stack = Stack(RUN_DIR)
@@ -381,6 +430,12 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
         if redis_url:
             redis_mode = "given"
             console.print(f"Redis: REDIS_URL={redis_url} (features are expected there: `make materialize`)")
+        elif shutil.which("redis-server") and online_rdb is not None:
+            redis_mode = "private"
+            t = time.perf_counter()
+            redis_url = start_redis(stack, appendonly=True, rdb=online_rdb, timeout=timeout)
+            console.print(f"Redis: started a private redis-server at {redis_url} from {online_rdb} "
+                          f"(loaded, AOF on, in {time.perf_counter() - t:.1f}s)")
         elif shutil.which("redis-server"):
             redis_mode = "private"
             redis_url = start_redis(stack, appendonly=True)
@@ -411,6 +466,57 @@ def up(timeout: float = typer.Option(180.0, help="Seconds to wait for /readyz.")
               mode, f"http://127.0.0.1:{ports.events_metrics}" if redis_url else None).save(RUN_DIR)
     console.print(f"[green]ready[/green] in {time.perf_counter() - t:.1f}s: {url}/recommend?user_id=1&k=10  "
                   f"(docs {url}/docs, metrics {url}/metrics; `make down` stops it)")
+
+
+@app.command("online-store")
+def online_store(
+    rdb: Annotated[Path, typer.Option(help="Where the private Redis saves the materialised store (RDB file).")],
+    batch_rows: int = typer.Option(50_000, min=1, help="Rows per Feast write batch."),
+) -> None:
+    """Feast apply + batched materialisation of FEAST_OFFLINE_DIR; into REDIS_URL when it is set,
+    else into a private redis-server saved as RDB for `up --online-rdb` (make artifacts-scale)."""
+    env = dict(os.environ)
+    stack = None
+    try:
+        if env.get("REDIS_URL"):
+            url = env["REDIS_URL"]
+        else:
+            rdb = rdb.resolve()
+            rdb.parent.mkdir(parents=True, exist_ok=True)
+            stack = Stack(rdb.parent / ".online-store-run")
+            port = free_port()
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise StackError("redis-server is not on PATH and REDIS_URL is unset")
+            stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(rdb.parent), "--dbfilename", rdb.name + ".tmp"])
+            deadline = time.monotonic() + 10
+            while not port_in_use(port):
+                stack.check_alive(["redis"])
+                if time.monotonic() > deadline:
+                    raise StackError(f"redis-server did not listen on {port}: {stack.log_path('redis')}")
+                time.sleep(0.05)
+            url = env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        console.print(f"online store: {url}")
+        for argv in (["apply"], ["materialize", "--batch-rows", str(batch_rows)]):
+            done = subprocess.run([sys.executable, "-m", "feature_store", *argv], cwd=REPO_ROOT, env=env,
+                                  stdin=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise StackError(f"`python -m feature_store {' '.join(argv)}` failed (exit {done.returncode})")
+        if stack is not None:
+            import redis
+
+            t = time.perf_counter()
+            with redis.Redis.from_url(url, socket_timeout=600) as client:
+                client.save()
+            Path(str(rdb) + ".tmp").replace(rdb)  # a half-written file is never the saved store
+            console.print(f"saved {rdb} ({rdb.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.1f}s")
+    except StackError as exc:
+        console.print(f"[red]online-store failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        if stack is not None:
+            stack.stop_all()
 
 
 @app.command()

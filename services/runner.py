@@ -31,10 +31,13 @@ def check_online_store(feast: FeatureStoreSettings) -> None:
 
 
 def feature_reader(feast: FeatureStoreSettings, metrics: ServiceMetrics):
-    """The online feature reader, its counters in ``metrics``' registry."""
+    """The online feature reader, its counters in ``metrics``' registry. The item table is loaded
+    before the service reports SERVING; a later snapshot is loaded on a helper thread while the
+    current table keeps serving (double-buffered: 1M items take ~2 s to load, which a request must
+    not wait for)."""
     from feature_store.reader import build_reader  # imports feast: after the bundle check
 
-    return build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl)
+    return build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl, background_refresh=True)
 
 
 def run_service(

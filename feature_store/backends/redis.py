@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 SNAPSHOT_PART_BYTES = 16 << 20  # Redis value size of one snapshot part
 SNAPSHOT_OLD_TTL_S = 600        # a replaced snapshot stays readable this long for slow loaders
+# A snapshot load reads ~150 MB for 1M items (16 MB parts): far above the serving socket timeout
+# (1 s), so it goes through a client of its own with this timeout per part.
+SNAPSHOT_READ_TIMEOUT_S = 60.0
 
 
 def redis_connection_string(url: str) -> str:
@@ -65,13 +68,17 @@ class RedisBackend(OnlineBackend):
         import redis
 
         # a serving read must fail fast (the services degrade to defaults), not hang
-        return cls(layout, redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
-                                                socket_connect_timeout=socket_timeout))
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
+                                      socket_connect_timeout=socket_timeout)
+        bulk = redis.Redis.from_url(settings.redis_url, socket_timeout=max(socket_timeout, SNAPSHOT_READ_TIMEOUT_S),
+                                    socket_connect_timeout=socket_timeout)
+        return cls(layout, client, bulk_client=bulk)
 
-    def __init__(self, layout: Layout, client, version_max_age_s: float = 1.0) -> None:
+    def __init__(self, layout: Layout, client, version_max_age_s: float = 1.0, bulk_client=None) -> None:
         self._timestamp = ValueDecoder().timestamp  # event times are serialised Timestamp protos
         self.layout = layout
         self.client = client
+        self.bulk_client = bulk_client if bulk_client is not None else client  # snapshot parts
         self.version_max_age_s = version_max_age_s
         self._seen: tuple[float, bytes | None] | None = None  # snapshot version read with the last user
         self._user_views = layout.views_of("user")
@@ -112,16 +119,16 @@ class RedisBackend(OnlineBackend):
         return cur.decode() if cur is not None else None
 
     def load_snapshot(self, version: str) -> bytes | None:
-        meta = self.client.get(f"{self._base}:{version}:meta")
+        bulk = self.bulk_client
+        meta = bulk.get(f"{self._base}:{version}:meta")
         if meta is None:
             return None
-        parts = json.loads(meta)["parts"]
-        with self.client.pipeline(transaction=False) as pipe:
-            for i in range(parts):
-                pipe.get(f"{self._base}:{version}:{i}")
-            chunks = pipe.execute()
-        if any(c is None for c in chunks):
-            return None
+        chunks = []
+        for i in range(json.loads(meta)["parts"]):  # one part per call: each read is bounded
+            chunk = bulk.get(f"{self._base}:{version}:{i}")
+            if chunk is None:
+                return None
+            chunks.append(chunk)
         return b"".join(chunks)
 
     def publish_snapshot(self, blob: bytes, version: str) -> None:
@@ -175,6 +182,8 @@ class RedisBackend(OnlineBackend):
 
     def close(self) -> None:
         self.client.close()
+        if self.bulk_client is not self.client:
+            self.bulk_client.close()
 
 
 def _glob_escape(b: bytes) -> bytes:

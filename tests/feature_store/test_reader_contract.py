@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from feature_store.reader import FeatureReaderMetrics, build_reader, publish_item_snapshot
 from feature_store.testing import OfflineDataMissing, private_feast
+from tests.conftest import until
 
 PROJECT = "readercontract"  # keys end with the project: never collides with other tests' data
 UNKNOWN_USERS = [0, -3, 10**9, 2**62]
@@ -282,4 +283,47 @@ def test_background_refresh_keeps_serving_then_switches(env):
         assert reader.item_table.version == version
         assert served_old >= 1, "the refresh was not in the background: the first read after publish waited for it"
     finally:
+        reader.close()
+
+
+def test_a_refresh_never_pauses_serving(env):
+    """Double-buffered swap: while a new snapshot is being loaded (held here mid-load), every read is
+    answered at once from the old table; the new one replaces it in one reference store."""
+    import threading
+
+    _, feast, _, _ = env
+    reader = build_reader(feast.settings, store=feast.store, registry=CollectorRegistry(), background_refresh=True)
+    gate, loading = threading.Event(), threading.Event()
+    real_load = reader.backend.load_snapshot
+
+    def held_load(version):
+        loading.set()
+        gate.wait(30)
+        return real_load(version)
+
+    reader.backend.load_snapshot = held_load
+    try:
+        ids = all_ids(feast, "item_aggregates")[:50]
+        old = reader.item_table
+        before = reader.item_features(ids).values["item_aggregates:n_ratings"].copy()
+        version = publish_item_snapshot(feast.settings, store=feast.store)
+        served = []
+
+        def read_while_loading():
+            reader.item_features(ids)  # sees the new version and starts the loader thread
+            assert loading.wait(10), "the loader never started"
+            for _ in range(50):
+                served.append(reader.item_features(ids))
+
+        reader_thread = threading.Thread(target=read_while_loading)
+        reader_thread.start()
+        reader_thread.join(10)
+        assert not reader_thread.is_alive(), "a read waited for the snapshot load"
+        assert len(served) == 50 and all(np.array_equal(f.values["item_aggregates:n_ratings"], before) for f in served)
+        assert reader.item_table is old
+        gate.set()
+        until(lambda: reader.item_table.version == version, 20)
+        assert reader.item_table is not old
+    finally:
+        gate.set()
         reader.close()
