@@ -136,6 +136,7 @@ class OnlineFeatureReader:
         defaults: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         background_refresh: bool = False,
+        items: bool = True,
     ) -> None:
         self.layout = layout
         self.backend = backend
@@ -151,6 +152,7 @@ class OnlineFeatureReader:
         self._defaults = dict(defaults or {})
         self._missing_counter = {v: metrics.missing.labels(feature_view=v) for v in layout.views}
         self.background_refresh = background_refresh
+        self.items = items  # False: users only, no item table in memory (retrieval reads no item rows)
         self._table: ItemTable | None = None
         self._failed_version: str | None = None
         self._refresh_lock = threading.Lock()
@@ -206,6 +208,8 @@ class OnlineFeatureReader:
         ``background_refresh`` a changed snapshot is loaded on a helper thread while the current
         table keeps serving (for large catalogs: 1M items take ~2 s to load here).
         """
+        if not self.items:
+            raise RuntimeError("this reader was built with items=False: it holds no item table")
         table = self._table
         try:
             version = self.backend.snapshot_version()
@@ -372,6 +376,7 @@ def build_reader(
     clock: Callable[[], float] = time.time,
     socket_timeout: float = 1.0,
     background_refresh: bool = False,
+    items: bool = True,
 ) -> OnlineFeatureReader:
     """A reader over the configured online store (``FEAST_ONLINE_TYPE``; unset: Redis when
     ``REDIS_URL`` is set, else SQLite), item table loaded. An unknown type raises
@@ -382,6 +387,7 @@ def build_reader(
     ``defaults``: per-ref default overrides, e.g. ``{"user_aggregates:genre_affinity": np.zeros(G)}``.
     ``socket_timeout``: seconds a Redis call may take before it raises (fail fast, degrade).
     ``background_refresh``: load a new item snapshot on a helper thread (large catalogs).
+    ``items=False``: user rows only, no item table loaded (~220 MB for 1M items).
     """
     if store is None:
         store = feature_store(settings)
@@ -390,8 +396,9 @@ def build_reader(
     try:
         reader = OnlineFeatureReader(layout, backend, metrics=metrics or FeatureReaderMetrics(registry),
                                      enforce_ttl=enforce_ttl, defaults=defaults, clock=clock,
-                                     background_refresh=background_refresh)
-        reader.refresh()
+                                     background_refresh=background_refresh, items=items)
+        if items:
+            reader.refresh()
     except BaseException:
         backend.close()
         raise

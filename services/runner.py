@@ -30,14 +30,15 @@ def check_online_store(feast: FeatureStoreSettings) -> None:
         raise LoadError(str(exc)) from exc
 
 
-def feature_reader(feast: FeatureStoreSettings, metrics: ServiceMetrics):
+def feature_reader(feast: FeatureStoreSettings, metrics: ServiceMetrics, items: bool = True):
     """The online feature reader, its counters in ``metrics``' registry. The item table is loaded
     before the service reports SERVING; a later snapshot is loaded on a helper thread while the
     current table keeps serving (double-buffered: 1M items take ~2 s to load, which a request must
-    not wait for)."""
+    not wait for). ``items=False`` (retrieval, which reads no item rows): no item table at all."""
     from feature_store.reader import build_reader  # imports feast: after the bundle check
 
-    return build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl, background_refresh=True)
+    return build_reader(feast, registry=metrics.registry, enforce_ttl=feast.enforce_ttl, background_refresh=True,
+                        items=items)
 
 
 def run_service(
@@ -51,9 +52,11 @@ def run_service(
     build_pipeline: Callable[[Bundle, FeatureFetcher, ServiceMetrics, Any], Any],  # (..., PipelineConfig)
     wants_shadow: bool = False,
     on_loaded: Callable[[ServiceMetrics], None] | None = None,
+    reads_items: bool = True,
 ) -> int:
     """Serve the ``current`` bundle and follow it (:mod:`services.reload`); ``wants_shadow``: also
-    hold the shadow ranker of ``rollout.json``; ``on_loaded``: called once the arms are loaded."""
+    hold the shadow ranker of ``rollout.json``; ``on_loaded``: called once the arms are loaded;
+    ``reads_items``: the pipeline reads item feature rows (ranking), so the reader holds the item table."""
     from services.components.config import load_config
 
     artifacts = ArtifactSettings()
@@ -68,7 +71,7 @@ def run_service(
         check_online_store(feast)
         config = load_config(settings.pipeline_config)  # one "refusing to serve" line when invalid
         bundle = load_bundle(artifacts.artifacts_dir)  # verifies every sha256
-        features = FeatureFetcher(feature_reader(feast, metrics), metrics)
+        features = FeatureFetcher(feature_reader(feast, metrics, items=reads_items), metrics)
 
         def build(b: Bundle, arm_config):
             pipeline = build_pipeline(b, features, metrics, arm_config)

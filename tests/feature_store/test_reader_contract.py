@@ -327,3 +327,17 @@ def test_a_refresh_never_pauses_serving(env):
     finally:
         gate.set()
         reader.close()
+
+
+def test_a_users_only_reader_holds_no_item_table(env):
+    _, feast, full, _ = env
+    reader = build_reader(feast.settings, store=feast.store, registry=CollectorRegistry(), items=False)
+    try:
+        assert reader.item_table is None
+        uid = int(all_ids(feast, "user_profile")[0])
+        got, want = reader.user_features(uid), full.user_features(uid)
+        assert got.missing == want.missing and set(got.values) == set(want.values)
+        with pytest.raises(RuntimeError, match="items=False"):
+            reader.item_features(np.array([1]))
+    finally:
+        reader.close()
