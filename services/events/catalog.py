@@ -1,8 +1,10 @@
 """The served catalog: the item ids of the artifact bundle at ``ARTIFACTS_DIR``.
 
 An event on an item the bundle does not know is poison (dead-lettered): nothing downstream can
-serve it. The bundle's ``item_ids`` file is checked against its manifest sha256 (the rest of the
-bundle is the services' business) and the ``current`` link is re-resolved every
+serve it. The ids are those of the bundle's ``item_catalog`` (every item the index can return:
+1M in the scale bundle), or of ``item_ids`` (the model vocabulary, which is the catalog of a
+trained bundle but only the 1,682 real items of the scale one) when there is no catalog file.
+The file is checked against its manifest sha256 (the rest of the bundle is the services' business) and the ``current`` link is re-resolved every
 ``check_every_s``, so a newly published bundle's catalog is used without a restart; a bundle that
 cannot be read keeps the loaded catalog serving.
 """
@@ -32,13 +34,20 @@ class Catalog:
     def load(self) -> Catalog:
         """Load (raises :class:`BundleError` when there is no usable bundle)."""
         bundle = load_bundle(self.artifacts_dir, verify=False)
-        entry = bundle.manifest["files"].get("item_ids")
+        files = bundle.manifest["files"]
+        name = "item_catalog" if "item_catalog" in files else "item_ids"
+        entry = files.get(name)
         if entry is None:
-            raise BundleError(f"bundle {bundle.version} has no item_ids file")
+            raise BundleError(f"bundle {bundle.version} has neither an item_catalog nor an item_ids file")
         path = bundle.root / entry["path"]
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise BundleError(f"bundle {bundle.version}: item_ids is missing or does not match its sha256")
-        ids = np.load(path, allow_pickle=False).astype(np.int64)
+            raise BundleError(f"bundle {bundle.version}: {name} is missing or does not match its sha256")
+        if name == "item_catalog":
+            import pyarrow.parquet as pq
+
+            ids = pq.read_table(path, columns=["item_id"]).column("item_id").to_numpy().astype(np.int64)
+        else:
+            ids = np.load(path, allow_pickle=False).astype(np.int64)
         self._ids = np.unique(ids[ids >= 0])  # row 0 is the reserved unknown id (-1)
         self.version, self._root = bundle.version, bundle.root
         self._checked = time.monotonic()

@@ -24,6 +24,7 @@ from common.bundle import load_bundle
 from common.settings import REPO_ROOT, FeatureStoreSettings
 from deploy.local import Ports, Stack, start_redis, start_services
 from models import scale
+from tests.conftest import until
 
 N = 20_000
 PROJECT = "recsys_scale_ci"
@@ -102,7 +103,7 @@ def test_recommend_over_the_scale_catalog(mode, scale_env, online_redis, tmp_pat
                    "GATEWAY_ADMIN_TOKEN": "scale-test-token-0123456789"}
     try:
         url = start_services(stack, ports, online_redis, extra_env=env, gateway_env=gateway_env, timeout=180,
-                             mode=mode)
+                             mode=mode, events=True)
         bundle = load_bundle(scale_env["ARTIFACTS_DIR"], verify=False)
         first_synthetic = bundle.manifest["dataset"]["first_synthetic_id"]
         with httpx.Client(base_url=url, timeout=10) as client:
@@ -124,6 +125,14 @@ def test_recommend_over_the_scale_catalog(mode, scale_env, online_redis, tmp_pat
             taken = sum(s["taken"] for s in trace["retrieval"]["sources"].values())
             assert taken == 500, trace["retrieval"]["sources"]  # what ranking then scored
             assert trace["ranking"]["model_version"] == bundle.version
+            # the events loop knows the whole catalog: a click on a synthetic item is applied (not
+            # dead-lettered as an unknown item) and the item leaves the user's next answers
+            user = known_users[1]
+            top = client.get("/recommend", params={"user_id": user, "k": 10}).json()["items"][0]["item_id"]
+            event = {"event_id": f"scale-{mode}", "user_id": user, "item_id": top, "type": "click"}
+            assert client.post("/events", json={"events": [event]}).status_code == 202
+            until(lambda: all(i["item_id"] != top for i in client.get(
+                "/recommend", params={"user_id": user, "k": 10}).json()["items"]), 10)
             metrics = client.get("/metrics").text if mode == "inprocess" else httpx.get(
                 f"http://127.0.0.1:{ports.ranking_metrics}/metrics").text
         item_missing = [line for line in metrics.splitlines() if line.startswith("recsys_missing_features_total")
