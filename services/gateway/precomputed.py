@@ -68,17 +68,20 @@ class PrecomputedStore:
         await self._redis.aclose()
 
 
-def member_ids(members) -> np.ndarray:
+def member_ids(members) -> set[int]:
     """Item ids of a Redis set or ZSET (bytes members); a member that is not an integer is skipped."""
     if not members:
-        return _NO_IDS
-    out = []
-    for m in members:
-        try:
-            out.append(int(m))
-        except ValueError:
-            continue
-    return np.array(out, np.int64)
+        return set()
+    try:
+        return set(map(int, members))
+    except ValueError:
+        out = set()
+        for m in members:
+            try:
+                out.add(int(m))
+            except ValueError:
+                continue
+        return out
 
 
 @dataclass(frozen=True)
@@ -140,15 +143,25 @@ def select(raw: bytes | None, seen, recent, *, exclude=(), context_recent=(), ve
         return Selection(OTHER_PIPELINE, lst, age_s=age)
     if age > max_age_s:
         return Selection(EXPIRED, lst, age_s=age)
-    parts = {"request_exclusions": np.fromiter(exclude, np.int64),
-             "recent_items": np.concatenate([np.fromiter(context_recent, np.int64), member_ids(recent)]),
+    # Python sets and a loop that stops at the limit-th kept item: on these sizes (a few hundred
+    # ids, tens excluded) ~10x cheaper than np.isin, which is most of what this path costs
+    parts = {"request_exclusions": set(exclude), "recent_items": set(context_recent) | member_ids(recent),
              "seen_items": member_ids(seen)}
-    ids = lst.item_ids
+    excluded = set().union(*parts.values())
+    ids = lst.item_ids.tolist()
     removed = {}
     if explain:
-        removed = {name: int(np.isin(ids, part).sum()) for name, part in parts.items() if part.size}
-    union = np.concatenate(list(parts.values()))
-    keep = np.flatnonzero(~np.isin(ids, union))[:limit] if union.size else np.arange(min(len(lst), limit))
+        removed = {name: sum(i in part for i in ids) for name, part in parts.items() if part}
+    if excluded:
+        kept = []
+        for at, item in enumerate(ids):
+            if item not in excluded:
+                kept.append(at)
+                if len(kept) == limit:
+                    break
+        keep = np.array(kept, np.intp)
+    else:
+        keep = np.arange(min(len(ids), limit))
     if keep.size < k:
         return Selection(TOO_FEW, lst, keep, age, removed)
     return Selection(None, lst, keep, age, removed)
