@@ -24,6 +24,7 @@ SETTINGS_MODELS = (
     "services.ranking.settings:RankingSettings",
     "services.gateway.settings:GatewaySettings",
     "services.events.settings:EventsSettings",
+    "services.precompute.settings:PrecomputeSettings",
     "common.telemetry:TelemetrySettings",
 )
 BEGIN, END = "<!-- config:begin -->", "<!-- config:end -->"

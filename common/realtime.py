@@ -24,6 +24,10 @@ touches keys of a single tag):
 ``{u:<user>}:seen``                         SET of item ids the user interacted with ("seen" types)
 ``{u:<user>}:gen``                          the user's generation: ``INCR`` after their feature rows
                                             changed; part of every cached answer's validity
+``{u:<user>}:pre``                          the user's precomputed top-N (``python -m services.precompute``,
+                                            packed by :mod:`common.precomputed`), read by the gateway's
+                                            ``precomputed`` / ``hybrid`` serving modes with ``:seen`` and
+                                            ``:recent`` in one round trip
 ``{recsys:exp}:stream``                     the exposure log (``/recommend`` answers, sampled)
 ==========================================  ===========================================================
 
@@ -81,6 +85,11 @@ def user_seen_key(user_id: str) -> str:
 
 def generation_key(user_id: str) -> str:
     return user_tag(user_id) + ":gen"
+
+
+def precomputed_key(user_id: str) -> str:
+    """The user's precomputed list (same hash tag as :func:`user_seen_key`, :func:`user_recent_key`)."""
+    return user_tag(user_id) + ":pre"
 
 
 class PoisonEvent(ValueError):

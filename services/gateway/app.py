@@ -34,7 +34,8 @@ from services.gateway.events import EventLog
 from services.gateway.exposures import ExposureLog
 from services.gateway.metrics import GatewayMetrics, multiprocess_from_env
 from services.gateway.middleware import BodyLimit
-from services.gateway.pipeline import Recommender
+from services.gateway.pipeline import ONLINE, Recommender
+from services.gateway.precomputed import PrecomputedStore
 from services.gateway.responses import JSONBytes, error, readable
 from services.gateway.routes import events as events_route
 from services.gateway.routes import register_all
@@ -84,8 +85,12 @@ async def lifespan(app: FastAPI):
                         settings.cache_timeout_ms / 1000.0)
     config = load_config(settings.pipeline_config)  # checked by __main__ before start
     ladder = config.fallback.ladder
+    # precomputed / hybrid: the lists, seen and recent sets (the settings refuse these modes without REDIS_URL)
+    precomputed = PrecomputedStore(settings.redis_url, settings.cache_timeout_ms / 1000.0) \
+        if settings.serving_mode != ONLINE else None
     recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
-                              catalog=catalog, metrics=metrics, ladder=ladder, experiments=config.experiments)
+                              catalog=catalog, metrics=metrics, ladder=ladder, experiments=config.experiments,
+                              precomputed=precomputed)
 
     async def stages_serve(version: str) -> bool:  # grpc mode: both services report the version loaded
         timeout = settings.readiness_timeout_ms / 1000.0
@@ -111,9 +116,10 @@ async def lifespan(app: FastAPI):
     app.state.runtime = Runtime(settings=settings, metrics=metrics, recommender=recommender,
                                 channels=channels, cache=cache, stages=stages,
                                 events=events, exposures=exposures, deployment=deployment)
-    log.info("gateway (%s mode): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s%s, experiments %s, "
-             "/events and exposure log %s",
-             settings.mode, where, cache.name, settings.cache_ttl_s, " > ".join(ladder),
+    log.info("gateway (%s mode, serving mode %s): %s, cache %s (ttl %ss), fallback ladder %s, bundle %s%s, "
+             "experiments %s, /events and exposure log %s",
+             settings.mode, settings.serving_mode + (f", precomputed lists up to {settings.precomputed_max_age_s:g} s old"
+                                                     if precomputed is not None else ""), where, cache.name, settings.cache_ttl_s, " > ".join(ladder),
              catalog.version or f"UNREADABLE ({catalog.error})",
              f" (canary {recommender.rollout.canary.version} {recommender.rollout.canary.percent:g}%)"
              if recommender.rollout.canary else "",
@@ -132,6 +138,8 @@ async def lifespan(app: FastAPI):
         if events is not None:
             await events.close()
         await cache.close()
+        if precomputed is not None:
+            await precomputed.close()
         for channel in channels.values():
             await channel.close()
         metrics.worker_exited()

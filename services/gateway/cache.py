@@ -9,7 +9,7 @@ or ranking fails.
 
 Per-user generations (the real-time loop): the events consumer ``INCR``s
 :func:`common.realtime.generation_key` after it changed a user's features. A value is
-``{"gen": g, "items": [...], "model_version": ...}`` (:func:`encode_entry`), ``g`` being the
+``{"gen": g, "items": [...], "model_version": ..., "mode": ...}`` (:func:`encode_entry`), ``g`` being the
 generation read when the request that computed it *started*; :meth:`ResponseCache.lookup` reads
 the current generation and the entry in one round trip (a non-transactional pipeline of two
 ``GET``s: both keys carry the user's hash tag :func:`common.realtime.user_tag`, so they share a
@@ -38,15 +38,17 @@ from common.realtime import generation_key, user_tag
 
 
 def cache_key(model_version: str, user_id: str, k: int, context: dict | None, exclude: list[int],
-              variant: str = "") -> str:
-    """``variant``: the experiment bucket (what beyond the version makes an arm's answers differ)."""
+              variant: str = "", mode: str = "online") -> str:
+    """``variant``: the experiment bucket (what beyond the version makes an arm's answers differ);
+    ``mode``: the gateway's GATEWAY_SERVING_MODE (a gateway restarted in another mode never serves
+    the other mode's answers)."""
     if context or exclude:
         shape = orjson.dumps({"c": context or {}, "x": sorted(set(exclude))}, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(shape, digest_size=8).hexdigest()
     else:
         digest = "-"
     # the user's hash tag first: the first ``{...}`` of a key is its Redis Cluster hash tag
-    return f"{user_tag(user_id)}:resp:{model_version}:{variant or '-'}:{k}:{digest}"
+    return f"{user_tag(user_id)}:resp:{mode}:{model_version}:{variant or '-'}:{k}:{digest}"
 
 
 def stale_key(user_id: str) -> str:
@@ -54,9 +56,10 @@ def stale_key(user_id: str) -> str:
     return f"{user_tag(user_id)}:last"
 
 
-def encode_entry(generation: int, items: list[dict], model_version: str) -> bytes:
-    """A cache value: the answer and the user's generation read when its request started."""
-    return orjson.dumps({"gen": generation, "items": items, "model_version": model_version})
+def encode_entry(generation: int, items: list[dict], model_version: str, mode: str = "online") -> bytes:
+    """A cache value: the answer, the path that answered it (``mode``: online, precomputed,
+    hybrid) and the user's generation read when its request started."""
+    return orjson.dumps({"gen": generation, "items": items, "model_version": model_version, "mode": mode})
 
 
 def fresh_entry(raw: bytes | None, generation: int) -> dict | None:

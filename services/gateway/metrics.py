@@ -30,6 +30,8 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
     0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
 )
+# 1 min .. 7 days: a precomputed list is minutes to days old (GATEWAY_PRECOMPUTED_MAX_AGE_S: 1 day)
+AGE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400, 172800, 604800)
 CANDIDATE_BUCKETS = (0, 1, 10, 50, 100, 200, 300, 500, 1000, 2000)
 
 
@@ -62,6 +64,19 @@ class GatewayMetrics:
         self.variant_latency = Histogram(
             "gateway_variant_latency_seconds", "Latency of the whole /recommend request, by variant.",
             ["variant"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.serving_mode_answers = Counter(
+            "gateway_serving_mode_answers_total",
+            "/recommend answers by the path that answered (mode: online, precomputed, hybrid) and outcome: served (the "
+            "configured GATEWAY_SERVING_MODE answered), cache_hit (a response-cache hit of an answer of that path), or why "
+            "the precomputed list was not used and the answer was computed online (missing, wrong_version, "
+            "other_pipeline, expired, too_few, redis_error).",
+            ["mode", "outcome"], registry=r,
+        )
+        self.precomputed_age = Histogram(
+            "gateway_precomputed_age_seconds",
+            "Age (now - computed_at) of the precomputed list that answered (precomputed and hybrid modes).",
+            buckets=AGE_BUCKETS, registry=r,
         )
         self.reloads = Counter(
             "gateway_reloads_total", "Catalog reloads when `current` moved, by outcome (swapped, refused).",

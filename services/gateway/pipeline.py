@@ -20,6 +20,14 @@ the response's ``fallback`` names the rung that answered:
                            unreadable)
 =========================  =====================================================================
 
+Serving modes (``GATEWAY_SERVING_MODE``, read at start-up): ``online`` is the above; ``precomputed``
+answers from the user's precomputed list after the real-time filters (no cache, no retrieval, no
+ranking: one Redis round trip), ``hybrid`` re-ranks that list's candidates (the response cache,
+then ranking; no retrieval; if ranking fails the ladder runs with the list's order as the
+``retrieval_order`` rung). Both fall back to ``online`` when the list cannot be used
+(:mod:`services.gateway.precomputed` says why); the response's ``mode`` names the path that
+answered, ``gateway_serving_mode_answers_total{mode,outcome}`` counts it.
+
 A Redis failure is not a rung: the request is served without cache, counted in
 ``gateway_cache_errors_total`` and the ``redis`` breaker state. No dependency failure becomes a 5xx.
 
@@ -57,6 +65,7 @@ from services.gateway.breaker import OPEN, Bulkhead, CircuitBreaker, Permit
 from services.gateway.cache import ResponseCache, cache_key, encode_entry, fresh_entry, stale_key
 from services.gateway.catalog import Catalog
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.precomputed import REDIS_ERROR, PrecomputedStore, Selection, select
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,7 @@ MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback
 
 CACHED = RUNGS["cached"]  # the response's fallback when the user's last good answer is served
 POPULAR_FALLBACK_SOURCE = "popular_fallback"  # source name of the popular-list candidates
+ONLINE, PRECOMPUTED, HYBRID = "online", "precomputed", "hybrid"  # GATEWAY_SERVING_MODE, the response's mode
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class Result:
     fallback: str | None
     cached: bool
     assignment: Assignment | None = None
+    mode: str = ONLINE  # the path that answered: online, precomputed, hybrid
 
 
 class Recommender:
@@ -109,15 +120,21 @@ class Recommender:
         ranking_channel: grpc.aio.Channel | None = None,
         ladder: tuple[str, ...] = DEFAULT_LADDER,
         experiments: list[ExperimentConfig] | None = None,
+        precomputed: PrecomputedStore | None = None,
     ) -> None:
         """``retrieval`` / ``ranking``: the two stages, anything with the generated stub's method
         (``await retrieval.Retrieve(request, timeout=...)``, ``await ranking.Rank(...)``) and its
         errors (``grpc.aio.AioRpcError``): a stub on a channel (``GATEWAY_MODE=grpc``) or an
-        in-process face (``services.inprocess``). ``*_channel``: a channel to put a stub on."""
+        in-process face (``services.inprocess``). ``*_channel``: a channel to put a stub on.
+        ``precomputed``: where the precomputed lists are read (GATEWAY_SERVING_MODE precomputed, hybrid)."""
         if (retrieval is None) == (retrieval_channel is None) or (ranking is None) == (ranking_channel is None):
             raise TypeError("Recommender: give each stage exactly once (retrieval= or retrieval_channel=, "
                             "ranking= or ranking_channel=)")
+        if settings.serving_mode != ONLINE and precomputed is None:
+            raise TypeError(f"Recommender: serving mode {settings.serving_mode} needs precomputed= (a PrecomputedStore)")
         self.settings = settings
+        self.serving_mode = settings.serving_mode
+        self.precomputed = precomputed
         self.ladder = ladder
         self.retrieval = retrieval if retrieval is not None else retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
         self.ranking = ranking if ranking is not None else ranking_pb2_grpc.RankingServiceStub(ranking_channel)
@@ -134,10 +151,11 @@ class Recommender:
             "retrieval": metrics.bulkhead("retrieval", settings.retrieval_max_in_flight),
             "ranking": metrics.bulkhead("ranking", settings.ranking_max_in_flight)}
         self._wait = {name: metrics.dependency_wait.labels(dependency=name) for name in self.bulkheads}
-        self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "retrieval", "ranking", "filters", "total")}
+        self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "precomputed", "retrieval", "ranking", "filters", "total")}
         self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in RUNGS.values()}
         self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
         self._variants: dict[str, tuple] = {}  # variant label -> its metric children
+        self._mode_answers: dict[tuple[str, str], object] = {}  # (mode, outcome) -> its counter
         self._writes: set[asyncio.Task] = set()
         self.set_catalog(catalog)
 
@@ -167,15 +185,21 @@ class Recommender:
         start = time.perf_counter()
         deadline = start + self.settings.request_timeout_ms / 1000.0
         arm = self.assign(q.user_id)
-        key = cache_key(arm.version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part)
+        mode, pre = self.serving_mode, None
+        if mode == PRECOMPUTED:  # the list first: when it answers, nothing else is asked
+            pre = await self._read_precomputed(q, arm, q.k, explain)
+            if pre.usable:
+                return self._answer_precomputed(q, arm, pre, start, explain)
+        key = cache_key(arm.version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part, mode)
         errors: dict[str, str] | None = None
         # the user's generation as this request starts: what a cache write of its answer carries
         if explain is None:
             generation, hit = await self._cache_lookup(q.user_id, key)
             if hit is not None:
                 self._observe_variant(arm, "hit", time.perf_counter() - start)
+                self._observe_mode(hit.get("mode", ONLINE), "cache_hit")
                 self._stage["total"].observe(time.perf_counter() - start)
-                return Result(hit["items"], hit["model_version"], None, True, arm)
+                return Result(hit["items"], hit["model_version"], None, True, arm, hit.get("mode", ONLINE))
         else:
             errors = {}
             generation, hit = await self._cache_lookup(q.user_id, key, count=False)
@@ -186,7 +210,17 @@ class Recommender:
 
         exclude = frozenset(q.exclude_item_ids)
         context = common_pb2.Context(recent_item_ids=q.recent_item_ids, attributes=dict(q.attributes))
-        candidates, version = await self._retrieve(q, context, deadline, errors, explain, arm)
+        if mode == HYBRID:
+            pre = await self._read_precomputed(q, arm, max(self._num_candidates(arm), q.k), explain)
+        if pre is not None and pre.usable:  # hybrid: the list's candidates instead of Retrieve
+            answered, candidates, version, order = HYBRID, pre.candidates(), pre.lst.version, pre.ranked()
+            self.metrics.precomputed_age.observe(pre.age_s)
+            if explain is not None:
+                explain["retrieval"] = None  # not called: the candidates are the precomputed list's
+        else:
+            answered = ONLINE
+            candidates, version = await self._retrieve(q, context, deadline, errors, explain, arm)
+            order = candidates  # what the retrieval_order rung serves
         ranked = None
         if candidates is not None:
             self._observe_sources(candidates)
@@ -199,30 +233,86 @@ class Recommender:
         fallback = None
         if full:
             t = time.perf_counter()
-            best_first = ranked if ranked is not None else candidates
+            best_first = ranked if ranked is not None else order
             items = self._filter(best_first.item_ids, best_first.scores, exclude, q.k)
             self._stage["filters"].observe(time.perf_counter() - t)
         else:
-            items, fallback, rung_version = await self._ladder(q, context, candidates, exclude, deadline, errors, arm)
+            items, fallback, rung_version = await self._ladder(q, context, order, exclude, deadline, errors, arm)
             version = rung_version or version
             self._fallbacks[fallback].inc()
         version = version or arm.version or "unknown"
         # generation None: it could not be read (Redis failing), so the answer is not cached
         if fallback is None and self.cache.enabled and explain is None and generation is not None:
-            value = encode_entry(generation, items, version)
+            value = encode_entry(generation, items, version, answered)
             # keyed by the version that answered (the services may not have loaded the pinned one yet)
             task = asyncio.create_task(self._cache_write(
-                cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part),
+                cache_key(version, q.user_id, q.k, q.shape(), list(q.exclude_item_ids), arm.cache_part, mode),
                 q.user_id, value))
             self._writes.add(task)
             task.add_done_callback(self._writes.discard)
         self._observe_variant(arm, fallback or "none", time.perf_counter() - start)
+        self._observe_mode(answered, "served" if answered == mode else pre.reason)
         self._stage["total"].observe(time.perf_counter() - start)
         if explain is not None:
+            explain["serving_mode"] = self._explain_mode(answered, pre)
             explain["fallback"] = {"rung": fallback, "reason": errors or None}
             explain.setdefault("seconds", {})["total"] = round(time.perf_counter() - start, 6)
             explain["model_version"] = version
-        return Result(items, version, fallback, fallback == CACHED, arm)
+        return Result(items, version, fallback, fallback == CACHED, arm, answered)
+
+    # -- serving modes -----------------------------------------------------------------------
+    async def _read_precomputed(self, q: Query, arm: Assignment, limit: int, explain: dict | None) -> Selection:
+        """The user's precomputed list, checked and filtered (at most ``limit`` items, at least
+        k), or why it cannot be used; a failing Redis is ``redis_error`` (never an exception)."""
+        breaker = self.breakers["redis"]
+        permit = breaker.allow()
+        if permit is None:
+            return Selection(REDIS_ERROR)
+        t = time.perf_counter()
+        try:
+            raw, seen, recent = await self.precomputed.read(q.user_id)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure means "answer online"
+            breaker.record_failure(permit)
+            log.debug("precomputed read failed: %r", exc)
+            return Selection(REDIS_ERROR)
+        except BaseException:  # cancelled: no verdict on Redis
+            breaker.release(permit)
+            raise
+        finally:
+            self._stage["precomputed"].observe(time.perf_counter() - t)
+        breaker.record_success(permit)
+        return select(raw, seen, recent, exclude=q.exclude_item_ids, context_recent=q.recent_item_ids,
+                      version=arm.version, pipeline=arm.pipeline, now=time.time(),
+                      max_age_s=self.settings.precomputed_max_age_s, k=q.k, limit=limit, explain=explain is not None)
+
+    def _answer_precomputed(self, q: Query, arm: Assignment, pre: Selection, start: float,
+                            explain: dict | None) -> Result:
+        """The first k items the filters left of the list: no cache, retrieval or ranking."""
+        items = pre.items(q.k, self.catalog.titles)
+        self.metrics.precomputed_age.observe(pre.age_s)
+        self._observe_variant(arm, "none", time.perf_counter() - start)
+        self._observe_mode(PRECOMPUTED, "served")
+        self._stage["total"].observe(time.perf_counter() - start)
+        if explain is not None:
+            explain["serving_mode"] = self._explain_mode(PRECOMPUTED, pre)
+            explain["fallback"] = {"rung": None, "reason": None}
+            explain.setdefault("seconds", {})["total"] = round(time.perf_counter() - start, 6)
+            explain["model_version"] = pre.lst.version
+        return Result(items, pre.lst.version, None, False, arm, PRECOMPUTED)
+
+    def _explain_mode(self, answered: str, pre: Selection | None) -> dict:
+        return {"configured": self.serving_mode, "answered": answered,
+                "precomputed": pre.describe() if pre is not None else None}
+
+    def _observe_mode(self, mode: str, outcome: str) -> None:
+        """``gateway_serving_mode_answers_total{mode,outcome}``."""
+        counter = self._mode_answers.get((mode, outcome))
+        if counter is None:
+            counter = self._mode_answers[mode, outcome] = self.metrics.serving_mode_answers.labels(mode=mode, outcome=outcome)
+        counter.inc()
+
+    def _num_candidates(self, arm: Assignment | None) -> int:
+        return arm.num_candidates if arm is not None and arm.num_candidates else self.settings.num_candidates
 
     def _observe_variant(self, arm: Assignment, outcome: str, seconds: float) -> None:
         """``gateway_variant_answers_total{variant,outcome}`` and the variant's latency."""
@@ -251,7 +341,7 @@ class Recommender:
                     if len(items) == q.k:
                         return items, RUNGS[rung], last["model_version"]
             if rung == "popular_ranked" and retrieval_failed:
-                wanted = arm.num_candidates if arm is not None and arm.num_candidates else self.settings.num_candidates
+                wanted = self._num_candidates(arm)
                 popular = self._popular_candidates(exclude, max(wanted, q.k))
                 if len(popular.item_ids):
                     ranked, version = await self._rank(q, context, popular, deadline, errors,

@@ -53,6 +53,11 @@ class RecommendResponse(BaseModel):
                                      "bucket (`experiment:variant` pairs, comma-separated).")
     fallback: str | None = Field(None, description="null, or the fallback rung that served the request.")
     cached: bool
+    mode: Literal["online", "precomputed", "hybrid"] = Field(
+        description="The path that answered (GATEWAY_SERVING_MODE, or `online` when the precomputed list could not be "
+                    "used): `online` = retrieval + ranking for this request; `precomputed` = the user's precomputed list "
+                    "after the real-time filters (request exclusions, seen and recent items); `hybrid` = that list "
+                    "re-ranked by ranking with the request's context. A cache hit names the path of the cached answer.")
     request_id: str
 
 

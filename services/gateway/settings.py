@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.settings import REPO_ROOT
 
 MODES = ("grpc", "inprocess")
+SERVING_MODES = ("online", "precomputed", "hybrid")
 # Set (with PROMETHEUS_MULTIPROC_DIR, to the same directory) by ``python -m services.gateway`` for
 # several workers. PROMETHEUS_MULTIPROC_DIR alone does not say so: importing feast sets it. Not a
 # setting (no GATEWAY_ prefix): the entry point's message to its workers.
@@ -34,6 +35,19 @@ class GatewaySettings(BaseSettings):
         0, ge=0,
         description="uvicorn worker processes; 0 = 1 in `grpc` mode (the gateway only waits on I/O), the CPU count in "
                     "`inprocess` mode (each worker runs the CPU-bound pipelines on its event loop: one core each).",
+    )
+
+    serving_mode: str = Field(
+        "online",
+        description="Which path answers /recommend: `online` (retrieval + ranking per request), `precomputed` (the user's list "
+                    "written by `python -m services.precompute`, after the real-time filters: no retrieval, no ranking), "
+                    "`hybrid` (that list re-ranked by ranking with the request's context: no retrieval). Both others fall "
+                    "back to `online` for a missing, expired, other-version or too-short list. Needs REDIS_URL.",
+    )
+    precomputed_max_age_s: float = Field(
+        86400.0, gt=0,
+        description="`precomputed` / `hybrid`: a precomputed list computed longer ago than this is not used (the answer "
+                    "is computed online, counted as `expired`).",
     )
 
     host: str = Field("127.0.0.1", description="Interface the gateway binds (0.0.0.0 in containers).")
@@ -100,6 +114,20 @@ class GatewaySettings(BaseSettings):
         if value not in MODES:
             raise ValueError(f"GATEWAY_MODE must be one of {', '.join(MODES)}; got {value!r}")
         return value
+
+    @field_validator("serving_mode")
+    @classmethod
+    def _known_serving_mode(cls, value: str) -> str:
+        if value not in SERVING_MODES:
+            raise ValueError(f"GATEWAY_SERVING_MODE must be one of {', '.join(SERVING_MODES)}; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _precomputed_needs_redis(self) -> GatewaySettings:
+        if self.serving_mode != "online" and not self.redis_url:
+            raise ValueError(f"GATEWAY_SERVING_MODE={self.serving_mode} needs REDIS_URL: the precomputed lists and the "
+                             "users' seen and recent items are read from Redis")
+        return self
 
     @property
     def inprocess(self) -> bool:

@@ -44,7 +44,7 @@ async def _explain(q: Query, runtime: Runtime):
                           "seconds": round(time.perf_counter() - t, 6)}
     answer = {"user_id": q.user_id, "items": result.items, "model_version": result.model_version,
               "variant": result.assignment.variant if result.assignment else None,
-              "fallback": result.fallback, "cached": result.cached}
+              "fallback": result.fallback, "cached": result.cached, "mode": result.mode}
     return JSONBytes({"answer": answer, "explain": explain})
 
 

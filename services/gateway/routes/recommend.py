@@ -55,7 +55,7 @@ async def serve(q: Query, runtime: Runtime) -> Response:
     body = {
         "user_id": q.user_id, "items": result.items, "model_version": result.model_version,
         "variant": result.assignment.variant, "fallback": result.fallback, "cached": result.cached,
-        "request_id": request_id,
+        "mode": result.mode, "request_id": request_id,
     }
     return JSONBytes(orjson.dumps(body), headers=headers)
 

@@ -1,0 +1,1 @@
+"""The batch job of the ``precomputed`` / ``hybrid`` serving modes: ``python -m services.precompute``."""
