@@ -15,9 +15,12 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 SCALE_ITEMS ?= 1000000
 SCALE_RDB   := data/scale/redis/online.rdb
 SCALE_ENV   := ARTIFACTS_DIR=artifacts/scale/current FEAST_PROJECT=recsys_scale \
-               FEAST_OFFLINE_DIR=data/scale/features FEAST_DATA_DIR=data/scale/feast
+               FEAST_OFFLINE_DIR=data/scale/features FEAST_DATA_DIR=data/scale/feast \
+               GATEWAY_NUM_CANDIDATES=$${GATEWAY_NUM_CANDIDATES:-500} PRECOMPUTE_TOP_N=$${PRECOMPUTE_TOP_N:-500}
+# Redis of the precompute job: REDIS_URL, else the running `make up` / `make up-scale` stack's
+STACK_REDIS := $${REDIS_URL:-$$($(PY) -c 'from deploy.local import RUN_DIR, StackInfo; print(StackInfo.load(RUN_DIR).redis_url or "")' 2>/dev/null)}
 
-.PHONY: help setup proto data artifacts candidate artifacts-scale up-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,6 +94,12 @@ up: setup ## Start retrieval, ranking, gateway and (with Redis) the events consu
 
 up-scale: setup ## `make up` serving the 1M-item catalog (its Redis loaded from the saved online store)
 	$(SCALE_ENV) $(PY) -m deploy.local up --online-rdb $(SCALE_RDB)
+
+precompute: setup ## Every known user's top-N into Redis, for GATEWAY_SERVING_MODE=precomputed|hybrid (REDIS_URL, else the running stack's)
+	REDIS_URL=$(STACK_REDIS) $(PY) -m services.precompute
+
+precompute-scale: setup ## `make precompute` for the 1M-item stack of `make up-scale`
+	$(SCALE_ENV) REDIS_URL=$(STACK_REDIS) $(PY) -m services.precompute
 
 down: ## Stop exactly the processes `make up` started
 	$(PY) -m deploy.local down

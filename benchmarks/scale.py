@@ -94,6 +94,20 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def wait_idle(pids: list[int], timeout: float = 180.0, window: float = 1.0, busy_s: float = 0.1) -> float:
+    """Seconds until the processes (and their children) used < ``busy_s`` CPU in ``window``:
+    /readyz is answered by the first worker up, while a second one may still load its bundle."""
+    t0 = time.monotonic()
+    last = sum(cpu_seconds(p) for p in pids)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(window)
+        now = sum(cpu_seconds(p) for p in pids)
+        if now - last < busy_s:
+            break
+        last = now
+    return time.monotonic() - t0
+
+
 # -- the item snapshot ---------------------------------------------------------------------------
 def snapshot_figures(redis_url: str, gathers: int = 2000) -> dict:
     """Load time, RSS delta and gather cost of the 1M-item table, and the gather's latency while a
@@ -253,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         if {"precomputed", "hybrid"} & set(modes):
             t = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "services.precompute"], cwd=REPO_ROOT,
-                                  env={**os.environ, **SCALE_ENV, "REDIS_URL": redis_url},
+                                  env={**os.environ, **SCALE_ENV, "REDIS_URL": redis_url, "PRECOMPUTE_TOP_N": "500"},
                                   capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:
                 raise SystemExit(f"precompute failed:\n{done.stdout}\n{done.stderr}")
@@ -270,7 +284,9 @@ def run(args: argparse.Namespace) -> dict:
                 start_services(stack, ports, redis_url, extra_env=service_env, mode=runtime, events=True,
                                gateway_env={"GATEWAY_CACHE_TTL_S": "0", "GATEWAY_NUM_CANDIDATES": "500",
                                             "GATEWAY_SERVING_MODE": mode}, timeout=300)
+                idle_s = wait_idle([p for n in ("gateway", "retrieval", "ranking") if (p := stack.pid(n))])
                 row = measure(stack, ports, runtime, mode, users, paths, args, workdir)
+                row["settle_s"] = round(idle_s, 1)
                 row["start_s"] = round(time.perf_counter() - t, 1)
                 result["configs"].append(row)
                 print(f"  p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, {row['rps_c32']:.0f} full answers/s, "

@@ -41,6 +41,7 @@ from common.settings import REPO_ROOT
 RUN_DIR = REPO_ROOT / "run"
 STACK_FILE = "stack.json"
 STOP_ORDER = ("gateway", "events", "ranking", "retrieval", "redis")  # front to back
+RDB_AOF_DIR = "appendonlydir-online-rdb"  # the AOF of a Redis started from a saved store (up --online-rdb)
 
 console = Console()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Local stack: up, down, demo, status.")
@@ -68,11 +69,10 @@ class Ports:
     def from_settings(cls) -> Ports:
         """The configured ports (GATEWAY_PORT, RETRIEVAL_PORT, ...: defaults 8000/50051/50052)."""
         from services.events.settings import EventsSettings
-        from services.gateway.settings import GatewaySettings
         from services.ranking.settings import RankingSettings
         from services.retrieval.settings import RetrievalSettings
 
-        g, r, k, e = GatewaySettings(), RetrievalSettings(), RankingSettings(), EventsSettings()
+        g, r, k, e = gateway_settings(), RetrievalSettings(), RankingSettings(), EventsSettings()
         return cls(g.port, r.port, k.port, r.metrics_port, k.metrics_port, e.metrics_port)
 
     def check_free(self, gateway_only: bool = False, events: bool = True) -> None:
@@ -264,12 +264,24 @@ def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = Fal
         raise StackError("redis-server is not on PATH")
     port = port or free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(stack.run_dir)]
+    from_rdb = False
     if rdb is not None:
-        if not Path(rdb).is_file():
+        rdb = Path(rdb)
+        if not rdb.is_file():
             raise StackError(f"no saved online store at {rdb}: build it with `make artifacts-scale`")
-        shutil.copyfile(rdb, stack.run_dir / "online.rdb")
-        # Redis loads an RDB only with the AOF off; the AOF is switched on once the data is in
-        argv += ["--dbfilename", "online.rdb", "--appendonly", "no"]
+        # an AOF of its own (never the `make up` stack's), continued across restarts unless the
+        # saved store was rebuilt since: events acknowledged by an earlier run are kept
+        aof = stack.run_dir / RDB_AOF_DIR
+        manifests = list(aof.glob("*.manifest")) if aof.is_dir() else []
+        argv += ["--appenddirname", RDB_AOF_DIR]
+        if manifests and max(m.stat().st_mtime for m in manifests) > rdb.stat().st_mtime:
+            argv += ["--appendonly", "yes"]
+        else:
+            shutil.rmtree(aof, ignore_errors=True)
+            shutil.copyfile(rdb, stack.run_dir / "online.rdb")
+            # Redis loads an RDB only with the AOF off; the AOF is switched on once the data is in
+            argv += ["--dbfilename", "online.rdb", "--appendonly", "no"]
+            from_rdb = True
     else:
         argv += ["--appendonly", "yes" if appendonly else "no"]
     stack.start("redis", argv)
@@ -281,7 +293,7 @@ def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = Fal
         time.sleep(0.05)
     url = f"redis://127.0.0.1:{port}/0"
     if rdb is not None:
-        wait_redis_loaded(stack, url, timeout, appendonly=appendonly)
+        wait_redis_loaded(stack, url, timeout, appendonly=appendonly and from_rdb)
     return url
 
 
@@ -381,14 +393,23 @@ def start_services(stack: Stack, ports: Ports, redis_url: str | None, *, extra_e
     return url
 
 
+def gateway_settings():
+    """``GatewaySettings`` as the gateway will read them. Without REDIS_URL, `up` starts a private
+    Redis and hands its URL to the gateway: stand in for it here, so that a setting that needs
+    Redis (GATEWAY_SERVING_MODE=precomputed) is not refused before that Redis exists."""
+    from services.gateway.settings import GatewaySettings
+
+    given = {} if os.environ.get("REDIS_URL") or not shutil.which("redis-server") else {"redis_url": "redis://127.0.0.1:1/0"}
+    return GatewaySettings(**given)
+
+
 def gateway_mode() -> str:
     """``GATEWAY_MODE`` as the gateway will read it (an unknown value fails here, in one line)."""
     from pydantic import ValidationError
 
-    from services.gateway.settings import GatewaySettings
 
     try:
-        return GatewaySettings().mode
+        return gateway_settings().mode
     except ValidationError as exc:
         raise StackError("; ".join(str(e["msg"]) for e in exc.errors())) from None
 

@@ -86,7 +86,7 @@ async def lifespan(app: FastAPI):
     config = load_config(settings.pipeline_config)  # checked by __main__ before start
     ladder = config.fallback.ladder
     # precomputed / hybrid: the lists, seen and recent sets (the settings refuse these modes without REDIS_URL)
-    precomputed = PrecomputedStore(settings.redis_url, settings.cache_timeout_ms / 1000.0) \
+    precomputed = PrecomputedStore(settings.redis_url, settings.precomputed_timeout_ms / 1000.0) \
         if settings.serving_mode != ONLINE else None
     recommender = Recommender(settings, retrieval=stages["retrieval"], ranking=stages["ranking"], cache=cache,
                               catalog=catalog, metrics=metrics, ladder=ladder, experiments=config.experiments,

@@ -76,6 +76,9 @@ DEPENDENCY_FAILURES = frozenset({
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
 })
 MIN_CALL_BUDGET_S = 0.001  # below this a call cannot succeed: take the fallback at once
+# Typical duration of each dependency's successful calls, an exponentially weighted mean (weight of
+# the newest call): what a request must still have left when it gets a bulkhead slot.
+TYPICAL_CALL_WEIGHT = 0.05
 
 CACHED = RUNGS["cached"]  # the response's fallback when the user's last good answer is served
 POPULAR_FALLBACK_SOURCE = "popular_fallback"  # source name of the popular-list candidates
@@ -151,6 +154,7 @@ class Recommender:
             "retrieval": metrics.bulkhead("retrieval", settings.retrieval_max_in_flight),
             "ranking": metrics.bulkhead("ranking", settings.ranking_max_in_flight)}
         self._wait = {name: metrics.dependency_wait.labels(dependency=name) for name in self.bulkheads}
+        self._typical = dict.fromkeys(self.bulkheads, 0.0)  # seconds a successful call takes (EWMA)
         self._stage = {s: metrics.stage_latency.labels(stage=s) for s in ("cache", "precomputed", "retrieval", "ranking", "filters", "total")}
         self._fallbacks = {r: metrics.fallbacks.labels(reason=r) for r in RUNGS.values()}
         self._cache_result = {r: metrics.cache.labels(result=r) for r in ("hit", "miss", "error", "bypass")}
@@ -344,7 +348,8 @@ class Recommender:
                 wanted = self._num_candidates(arm)
                 popular = self._popular_candidates(exclude, max(wanted, q.k))
                 if len(popular.item_ids):
-                    ranked, version = await self._rank(q, context, popular, deadline, errors,
+                    # a free ranking slot or none: a fallback must not queue in front of full answers
+                    ranked, version = await self._rank(q, context, popular, deadline, errors, queue=False,
                                                        retrieved_with=arm.version if arm is not None else None,
                                                        pipeline=arm.pipeline if arm is not None else "")
                     if ranked is not None:
@@ -471,16 +476,16 @@ class Recommender:
         return orjson.loads(raw) if raw is not None else None
 
     async def _call(self, name: str, method, request, budget_s: float, deadline: float,
-                    errors: dict[str, str] | None = None):
+                    errors: dict[str, str] | None = None, queue: bool = True):
         """One gRPC call: a bulkhead slot (waiting at most until the request deadline), the
         dependency's breaker, and ``min(stage budget, time left)`` as the gRPC deadline.
-        ``errors`` (explain): why the call gave no answer, by dependency."""
-        response, code = await self._attempt(name, method, request, budget_s, deadline)
+        ``errors`` (explain): why the call gave no answer, by dependency; ``queue=False``: a free slot or shed."""
+        response, code = await self._attempt(name, method, request, budget_s, deadline, queue)
         if code is not None and errors is not None:
             errors[name] = code
         return response
 
-    async def _attempt(self, name: str, method, request, budget_s: float, deadline: float):
+    async def _attempt(self, name: str, method, request, budget_s: float, deadline: float, queue: bool = True):
         """(response, None) or (None, the reason: a gRPC code name, breaker_open, shed, no_budget)."""
         breaker, bulkhead = self.breakers[name], self.bulkheads[name]
         if deadline - time.perf_counter() < MIN_CALL_BUDGET_S:
@@ -490,7 +495,12 @@ class Recommender:
             self.metrics.dependency_errors.labels(dependency=name, code="breaker_open").inc()
             return None, "breaker_open"
         t = time.perf_counter()
-        acquired = await bulkhead.acquire(deadline - t - MIN_CALL_BUDGET_S)
+        # Wait for a slot only while the time left still covers what this call and the stage after it
+        # typically take: a slot taken later yields a timeout or a no_budget ranking call, not an
+        # answer. At saturation the FIFO queue otherwise ages every request to its deadline: 1M
+        # items, 32 connections, 96 % fallbacks and 12 full answers/s of 302 (benchmarks/scale.py).
+        wait = deadline - t - max(MIN_CALL_BUDGET_S, self._reserve(name)) if queue else 0.0
+        acquired = await bulkhead.acquire(wait)
         t_call = time.perf_counter()
         self._wait[name].observe(t_call - t)
         if not acquired:  # overloaded: shed to the fallback rung; says nothing about the dependency
@@ -505,6 +515,11 @@ class Recommender:
                                       budget_s)
         finally:
             bulkhead.release()
+
+    def _reserve(self, name: str) -> float:
+        """Seconds a request needs left to make the most of a slot of ``name``: the typical call,
+        and after retrieval the typical ranking call too."""
+        return self._typical[name] + (self._typical["ranking"] if name == "retrieval" else 0.0)
 
     async def _invoke(self, name: str, breaker: CircuitBreaker, permit: Permit, method, request, timeout: float,
                       budget_s: float):
@@ -530,8 +545,10 @@ class Recommender:
             breaker.release(permit)  # never leave a half-open breaker waiting for a probe that is gone
             raise
         finally:
-            self._stage[name].observe(time.perf_counter() - t)
+            elapsed = time.perf_counter() - t
+            self._stage[name].observe(elapsed)
         breaker.record_success(permit)
+        self._typical[name] += TYPICAL_CALL_WEIGHT * (elapsed - self._typical[name])
         return response, None
 
     async def _retrieve(self, q: Query, context, deadline: float, errors: dict | None = None,
@@ -553,15 +570,18 @@ class Recommender:
         return response.candidates, response.model_version
 
     async def _rank(self, q: Query, context, candidates, deadline: float, errors: dict | None = None,
-                    explain: dict | None = None, retrieved_with: str | None = None, pipeline: str = ""):
+                    explain: dict | None = None, retrieved_with: str | None = None, pipeline: str = "",
+                    queue: bool = True):
         """``retrieved_with``: the bundle version retrieval answered with (ranking scores with
-        exactly it, or answers FAILED_PRECONDITION: no answer mixes two versions)."""
+        exactly it, or answers FAILED_PRECONDITION: no answer mixes two versions). ``queue=False``:
+        only a free bulkhead slot is taken (fallback rungs: at saturation, 1M items, their ranking
+        calls queued in front of the full answers' and took half of ranking's slots)."""
         request = ranking_pb2.RankRequest(user_id=q.user_id, candidates=candidates, context=context,
                                           explain=explain is not None, model_version=retrieved_with or "",
                                           pipeline=pipeline)
         t = time.perf_counter()
         response = await self._call("ranking", self.ranking.Rank, request,
-                                    self.settings.ranking_timeout_ms / 1000.0, deadline, errors)
+                                    self.settings.ranking_timeout_ms / 1000.0, deadline, errors, queue=queue)
         if explain is not None:
             explain.setdefault("seconds", {})["ranking_call"] = round(time.perf_counter() - t, 6)
             explain["ranking"] = orjson.loads(response.explain_json) if response is not None and response.explain_json else None

@@ -34,7 +34,8 @@ class GatewaySettings(BaseSettings):
     workers: int = Field(
         0, ge=0,
         description="uvicorn worker processes; 0 = 1 in `grpc` mode (the gateway only waits on I/O), the CPU count in "
-                    "`inprocess` mode (each worker runs the CPU-bound pipelines on its event loop: one core each).",
+                    "`inprocess` mode (each worker runs the CPU-bound pipelines on its event loop: one core each) and with "
+                    "GATEWAY_SERVING_MODE=precomputed (the gateway itself does the work: HTTP, one Redis read, the filters).",
     )
 
     serving_mode: str = Field(
@@ -43,6 +44,12 @@ class GatewaySettings(BaseSettings):
                     "written by `python -m services.precompute`, after the real-time filters: no retrieval, no ranking), "
                     "`hybrid` (that list re-ranked by ranking with the request's context: no retrieval). Both others fall "
                     "back to `online` for a missing, expired, other-version or too-short list. Needs REDIS_URL.",
+    )
+    precomputed_timeout_ms: float = Field(
+        50.0, gt=0,
+        description="`precomputed` / `hybrid`: budget of the list read (one Redis round trip). Longer than the cache's: "
+                    "it is the answer, and at saturation a busy event loop, not Redis, makes a read late (with 10 ms, "
+                    "a quarter of the reads timed out at 32 connections and went online, the costly path).",
     )
     precomputed_max_age_s: float = Field(
         86400.0, gt=0,
@@ -137,7 +144,7 @@ class GatewaySettings(BaseSettings):
     def worker_count(self) -> int:
         if self.workers:
             return self.workers
-        return (os.cpu_count() or 1) if self.inprocess else 1
+        return (os.cpu_count() or 1) if self.inprocess or self.serving_mode == "precomputed" else 1
 
     @model_validator(mode="after")
     def _min_calls_fit_the_window(self) -> GatewaySettings:

@@ -165,6 +165,10 @@ def test_worker_count_defaults_by_mode():
     assert GatewaySettings(mode="inprocess").worker_count == (os.cpu_count() or 1)
     assert GatewaySettings(mode="inprocess", workers=3).worker_count == 3
     assert GatewaySettings(mode="grpc", workers=0).worker_count == 1
+    # precomputed answers are the gateway's own work (HTTP, one Redis read, the filters): every core
+    assert GatewaySettings(mode="grpc", serving_mode="precomputed", redis_url="redis://x:1/0").worker_count == (
+        os.cpu_count() or 1)
+    assert GatewaySettings(mode="grpc", serving_mode="hybrid", redis_url="redis://x:1/0").worker_count == 1
 
 
 # -- unit level: in-process faces over fake pipelines --------------------------------------------

@@ -291,6 +291,40 @@ def test_overload_is_shed_in_the_gateway_without_touching_the_breaker():
     assert rec.bulkheads["ranking"].in_flight == 0, "every slot was given back"
 
 
+def test_a_slot_is_not_waited_for_once_the_time_left_cannot_cover_a_typical_call():
+    """With ranking's calls typically taking 0.5 s, a request with 0.2 s left is shed at once instead
+    of queueing to its deadline (a slot taken then would only give a timeout); the typical duration
+    follows successful calls."""
+    import time
+
+    rec = _recommender(ranking_max_in_flight=1)
+
+    async def main():
+        hold = asyncio.Event()
+
+        async def rank(request, timeout):
+            if request == "hold":
+                await hold.wait()
+            return "ranked"
+
+        assert await rec._call("ranking", rank, "quick", 5.0, time.perf_counter() + 5.0) == "ranked"
+        assert 0 < rec._typical["ranking"] < 0.5, "a successful call moves the typical duration"
+        first = asyncio.create_task(rec._call("ranking", rank, "hold", 5.0, time.perf_counter() + 5.0))
+        await asyncio.sleep(0)
+        rec._typical["ranking"] = 0.5
+        t = time.perf_counter()
+        second = await rec._call("ranking", rank, "late", 5.0, time.perf_counter() + 0.2)
+        waited = time.perf_counter() - t
+        hold.set()
+        return await first, second, waited
+
+    first, second, waited = asyncio.run(main())
+    assert first == "ranked" and second is None
+    assert waited < 0.1, f"waited {waited:.3f}s for a slot it could not use"
+    get = rec.metrics.registry.get_sample_value
+    assert get("gateway_dependency_errors_total", {"dependency": "ranking", "code": "shed"}) == 1
+
+
 def test_settings_refuse_min_calls_above_the_window():
     from pydantic import ValidationError
 
