@@ -504,6 +504,7 @@ def online_store(
         else:
             rdb = rdb.resolve()
             rdb.parent.mkdir(parents=True, exist_ok=True)
+            Path(str(rdb) + ".tmp").unlink(missing_ok=True)  # the Redis below would load a stale one
             stack = Stack(rdb.parent / ".online-store-run")
             port = free_port()
             binary = shutil.which("redis-server")
