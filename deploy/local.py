@@ -455,8 +455,8 @@ def up(
             redis_mode = "private"
             t = time.perf_counter()
             redis_url = start_redis(stack, appendonly=True, rdb=online_rdb, timeout=timeout)
-            console.print(f"Redis: started a private redis-server at {redis_url} from {online_rdb} "
-                          f"(loaded, AOF on, in {time.perf_counter() - t:.1f}s)")
+            console.print(f"Redis: started a private redis-server at {redis_url} from {online_rdb}, or from its AOF "
+                          f"in {RUN_DIR}/{RDB_AOF_DIR} when that is newer (loaded, AOF on, in {time.perf_counter() - t:.1f}s)")
         elif shutil.which("redis-server"):
             redis_mode = "private"
             redis_url = start_redis(stack, appendonly=True)

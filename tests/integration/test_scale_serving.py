@@ -140,3 +140,39 @@ def test_recommend_over_the_scale_catalog(mode, scale_env, online_redis, tmp_pat
         assert not item_missing, f"item features defaulted during serving: {item_missing}"
     finally:
         stack.stop_all()
+
+
+def test_a_redis_from_a_saved_store_keeps_what_it_acknowledged_across_restarts(tmp_path):
+    """``start_redis(rdb=...)`` (``make up-scale``): the first start loads the saved store, a
+    restart continues from its own AOF (events acknowledged since are kept), and a rebuilt store
+    (a newer RDB) is loaded again instead."""
+    import os
+    import time
+
+    import redis
+
+    maker = Stack(tmp_path / "store")  # its Redis saves into its folder: store/dump.rdb
+    saved = maker.run_dir / "dump.rdb"
+    url = start_redis(maker)
+    with redis.Redis.from_url(url) as client:
+        client.set("feature-row", "v1")
+        client.save()
+    maker.stop_all()
+
+    run = Stack(tmp_path / "run")
+
+    def start_and_read(*keys):
+        url = start_redis(run, appendonly=True, rdb=saved, timeout=30)
+        try:
+            with redis.Redis.from_url(url) as client:
+                got = [client.get(k) for k in keys]
+                client.set("event-applied", "yes")  # acknowledged after the start
+                return got, client.info("persistence")["aof_enabled"]
+        finally:
+            run.stop_all()
+
+    assert start_and_read("feature-row", "event-applied") == ([b"v1", None], 1)
+    assert start_and_read("feature-row", "event-applied") == ([b"v1", b"yes"], 1), "the AOF was not continued"
+    later = time.time() + 5
+    os.utime(saved, (later, later))  # the store was rebuilt after the AOF was last written
+    assert start_and_read("feature-row", "event-applied") == ([b"v1", None], 1), "a newer saved store was ignored"
