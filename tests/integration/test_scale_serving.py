@@ -153,11 +153,12 @@ def test_a_redis_from_a_saved_store_keeps_what_it_acknowledged_across_restarts(t
 
     maker = Stack(tmp_path / "store")  # its Redis saves into its folder: store/dump.rdb
     saved = maker.run_dir / "dump.rdb"
-    url = start_redis(maker)
-    with redis.Redis.from_url(url) as client:
-        client.set("feature-row", "v1")
-        client.save()
-    maker.stop_all()
+    try:
+        with redis.Redis.from_url(start_redis(maker)) as client:
+            client.set("feature-row", "v1")
+            client.save()
+    finally:
+        maker.stop_all()
 
     run = Stack(tmp_path / "run")
 
