@@ -68,6 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import process_cpu_seconds
 from common.settings import REPO_ROOT
 from common.stats import percentile
 
@@ -183,12 +184,7 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds (user + system) each pid has used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, pid in pids.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {name: process_cpu_seconds(pid) for name, pid in pids.items()}
 
 
 def timeline(records: list, t_ref: float, t0: float, t1: float, bucket: float = 0.5) -> list[dict]:

@@ -146,15 +146,9 @@ async def _post_events(host: str, port: int, users: list[str], items: list[int],
 def cpu_seconds(stack, names: list[str]) -> dict[str, float]:
     """CPU seconds (user + system) each named process of ``stack`` has used so far (its
     children too: the gateway's workers, none here)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name in names:
-        pid = stack.pid(name)
-        if pid is None:
-            continue
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    from benchmarks.harness import process_cpu_seconds
+
+    return {name: process_cpu_seconds(pid) for name in names if (pid := stack.pid(name)) is not None}
 
 
 def consumer_histograms(url: str) -> dict[str, tuple[float, float]]:

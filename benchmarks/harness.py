@@ -178,6 +178,46 @@ def measure(call: Callable[[int], Any], n: int, warmup: int) -> np.ndarray:
     return out * 1e3
 
 
+def session_pids(pid: int) -> list[int]:
+    """``pid`` and every process of its session (deploy.local.Stack starts each one as a session
+    leader, so a gateway's uvicorn workers are in it)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(d.name) == pid or int(fields[3]) == pid:  # fields[3]: the session id
+            out.append(int(d.name))
+    return out
+
+
+def process_cpu_seconds(pid: int, session: bool = False) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far; ``session``: with its session's processes."""
+    total = 0
+    for p in session_pids(pid) if session else [pid]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mib(pid: int, session: bool = False) -> float:
+    """VmRSS of ``pid`` in MiB; ``session``: summed over its session's processes."""
+    total = 0
+    for p in session_pids(pid) if session else [pid]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
 def summary(lat_ms: np.ndarray) -> dict[str, float]:
     p50, p90, p99, p999 = np.percentile(lat_ms, [50, 90, 99, 99.9])
     return {"n": int(lat_ms.size), "p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),

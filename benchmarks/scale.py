@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.e2e import _closed_loop, one_client
-from benchmarks.harness import bundle_ids, summary, write_json
+from benchmarks.harness import bundle_ids, process_cpu_seconds, process_rss_mib, summary, write_json
 from common.settings import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "artifacts" / "scale" / "current"
@@ -53,45 +53,14 @@ TARGETS = {  # issue 13, 2-core machine
     ("inprocess", "online", "rps_c32"): (">=", 800.0),
     ("grpc", "precomputed", "rps_c32"): (">=", 2000.0),
 }
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-# -- /proc ---------------------------------------------------------------------------------------
-def _session(pid: int) -> list[int]:
-    """``pid`` and every process of its session (the stack starts each one as a session leader)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(d.name) == pid or int(fields[3]) == pid:  # fields[3]: the session id
-            out.append(int(d.name))
-    return out
 
 
 def cpu_seconds(pid: int) -> float:
-    total = 0
-    for p in _session(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except OSError:
-            pass
-    return total / CLK
+    return process_cpu_seconds(pid, session=True)
 
 
 def rss_mib(pid: int) -> float:
-    total = 0
-    for p in _session(pid):
-        try:
-            m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text(), re.M)
-            total += int(m.group(1)) if m else 0
-        except OSError:
-            pass
-    return total / 1024
+    return process_rss_mib(pid, session=True)
 
 
 def wait_idle(pids: list[int], timeout: float = 180.0, window: float = 1.0, busy_s: float = 0.1) -> float:

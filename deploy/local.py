@@ -254,16 +254,19 @@ class StackInfo:
 
 
 def start_redis(stack: Stack, port: int | None = None, *, appendonly: bool = False, rdb: Path | None = None,
-                timeout: float = 10.0) -> str:
+                save_as: Path | None = None, timeout: float = 10.0) -> str:
     """A private ``redis-server`` on 127.0.0.1; ``appendonly``: with its AOF (``appendfsync
     everysec``) in the stack's folder, as the acknowledged events need (``make up``); ``rdb``: an
     online store saved by ``online-store`` (the 1M-item catalog's ~1 GB of Feast rows), copied into
-    the stack's folder and loaded at start instead of materialising again."""
+    the stack's folder and loaded at start instead of materialising again; ``save_as``: an empty
+    Redis whose ``SAVE`` writes that file (``online-store``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise StackError("redis-server is not on PATH")
     port = port or free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(stack.run_dir)]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--dir", str(save_as.parent), "--dbfilename", save_as.name] if save_as is not None else [
+        "--dir", str(stack.run_dir)]
     from_rdb = False
     if rdb is not None:
         rdb = Path(rdb)
@@ -498,27 +501,16 @@ def online_store(
     else into a private redis-server saved as RDB for `up --online-rdb` (make artifacts-scale)."""
     env = dict(os.environ)
     stack = None
+    tmp = rdb.resolve().with_name(rdb.name + ".tmp")  # SAVE writes here; renamed once complete
     try:
         if env.get("REDIS_URL"):
             url = env["REDIS_URL"]
         else:
             rdb = rdb.resolve()
             rdb.parent.mkdir(parents=True, exist_ok=True)
-            Path(str(rdb) + ".tmp").unlink(missing_ok=True)  # the Redis below would load a stale one
+            tmp.unlink(missing_ok=True)  # the Redis below would load a stale one
             stack = Stack(rdb.parent / ".online-store-run")
-            port = free_port()
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise StackError("redis-server is not on PATH and REDIS_URL is unset")
-            stack.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(rdb.parent), "--dbfilename", rdb.name + ".tmp"])
-            deadline = time.monotonic() + 10
-            while not port_in_use(port):
-                stack.check_alive(["redis"])
-                if time.monotonic() > deadline:
-                    raise StackError(f"redis-server did not listen on {port}: {stack.log_path('redis')}")
-                time.sleep(0.05)
-            url = env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            url = env["REDIS_URL"] = start_redis(stack, save_as=tmp)
         console.print(f"online store: {url}")
         for argv in (["apply"], ["materialize", "--batch-rows", str(batch_rows)]):
             done = subprocess.run([sys.executable, "-m", "feature_store", *argv], cwd=REPO_ROOT, env=env,
@@ -531,7 +523,7 @@ def online_store(
             t = time.perf_counter()
             with redis.Redis.from_url(url, socket_timeout=600) as client:
                 client.save()
-            Path(str(rdb) + ".tmp").replace(rdb)  # a half-written file is never the saved store
+            tmp.replace(rdb)  # a half-written file is never the saved store
             console.print(f"saved {rdb} ({rdb.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.1f}s")
     except StackError as exc:
         console.print(f"[red]online-store failed:[/red] {exc}")
