@@ -177,7 +177,7 @@ def _scale(redis_url: str, layout, n: int, n_items: int, calls: int, rows: list[
                "publish_s": round(publish_s, 2), "redis_get_s": round(get_s, 2), "load_s": round(load_s, 2),
                "table_rss_mb": round(rss, 1), "gather": lat}
         with client.pipeline(transaction=False) as pipe:  # leave nothing behind in a given REDIS_URL
-            for k in client.scan_iter(match="benchscale:fsreader:*", count=1000):
+            for k in client.scan_iter(match="{benchscale:fsreader:items}:*", count=1000):
                 pipe.delete(k)
             pipe.execute()
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +47,23 @@ class FeatureStoreSettings(Base):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL"),
-        description="Redis for the Feast online store and the response cache; unset = embedded SQLite online store.",
+        description="Redis for the Feast online store and the response cache: `redis://host:port/db`, a Redis Cluster `redis+cluster://h1:p1,h2:p2` or Sentinel `redis+sentinel://h1:p1,h2:p2/<master>/db` (`rediss` variants: TLS); unset = embedded SQLite online store.",
     )
+
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return check_redis_url(v)
+
+
+def check_redis_url(v: str | None) -> str | None:
+    """A ``REDIS_URL`` that :mod:`common.redis_client` can connect to, refused at start-up otherwise."""
+    if v:
+        from common.redis_client import parse_redis_url
+
+        parse_redis_url(v)  # ValueError naming REDIS_URL and what is wrong
+    return v or None
 
 
 class ArtifactSettings(Base):

@@ -329,6 +329,58 @@ def wait_redis_loaded(stack: Stack, url: str, timeout: float, *, appendonly: boo
             time.sleep(0.1)
 
 
+CLUSTER_NODE = "redis-cluster-{}"  # Stack names of start_redis_cluster's nodes
+
+
+def start_redis_cluster(stack: Stack, nodes: int = 3, *, appendonly: bool = False, timeout: float = 30.0) -> str:
+    """A private Redis Cluster of ``nodes`` primaries (no replicas) on free 127.0.0.1 ports, each
+    ``redis-server --cluster-enabled yes`` in a folder of its own under the stack's, the slots
+    assigned by ``redis-cli --cluster create``; returns its ``redis+cluster://`` URL once every
+    node reports ``cluster_state:ok``. :func:`stop_redis_cluster` stops the nodes by PID."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise StackError("redis-server and redis-cli must be on PATH for a Redis Cluster")
+    ports = []
+    for i in range(nodes):
+        port = free_port()
+        folder = stack.run_dir / f"cluster-{i}"
+        shutil.rmtree(folder, ignore_errors=True)  # a node keeps its slot map in nodes.conf: start clean
+        folder.mkdir(parents=True)
+        stack.start(CLUSTER_NODE.format(i), [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder),
+            # the bus port is its own free port: the default (port + 10000) may be taken or past 65535
+            "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000",
+            "--appendonly", "yes" if appendonly else "no"])
+        ports.append(port)
+    deadline = time.monotonic() + timeout
+    names = [CLUSTER_NODE.format(i) for i in range(nodes)]
+    while not all(port_in_use(p) for p in ports):
+        stack.check_alive(names)
+        if time.monotonic() > deadline:
+            raise StackError(f"Redis Cluster nodes did not listen within {timeout:.0f}s: {stack.run_dir}")
+        time.sleep(0.05)
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    made = subprocess.run([cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                          capture_output=True, text=True, timeout=timeout)
+    if made.returncode != 0:
+        raise StackError(f"redis-cli --cluster create failed: {made.stdout[-2000:]}{made.stderr[-2000:]}")
+    import redis
+
+    for p in ports:  # every node must know every slot before a client trusts its map
+        with redis.Redis(port=p, socket_timeout=5) as node:
+            while node.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise StackError(f"Redis Cluster node {p} not cluster_state:ok within {timeout:.0f}s")
+                time.sleep(0.05)
+    return "redis+cluster://" + ",".join(addrs)
+
+
+def stop_redis_cluster(stack: Stack, nodes: int = 3) -> None:
+    for i in range(nodes):
+        stack.stop(CLUSTER_NODE.format(i))
+
+
 def materialize(redis_url: str, log_path: Path) -> None:
     """Copy the offline features into Redis (``python -m feature_store materialize``)."""
     with open(log_path, "ab") as log:

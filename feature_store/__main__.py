@@ -49,9 +49,11 @@ def _redis_memory(settings: FeatureStoreSettings) -> int | None:
     """``used_memory`` of the Redis online store (None for SQLite)."""
     if online_store_type(settings) != "redis":
         return None
-    import redis
+    from common.redis_client import is_cluster, sync_client
 
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with sync_client(settings.redis_url) as client:
+        if is_cluster(client):  # one INFO per primary
+            return sum(int(m["used_memory"]) for m in client.info("memory", target_nodes="primaries").values())
         return int(client.info("memory")["used_memory"])
 
 

@@ -135,8 +135,9 @@ class UserRowWriter:
         """``HSET`` every row; ``client`` is a redis-py client (one pipeline, executed here) or a
         pipeline (queued, the caller executes). Returns the number of rows."""
         from redis.client import Pipeline
+        from redis.cluster import ClusterPipeline
 
-        own = not isinstance(client, Pipeline)
+        own = not isinstance(client, (Pipeline, ClusterPipeline))
         pipe = client.pipeline(transaction=False) if own else client
         n = 0
         for row in rows:

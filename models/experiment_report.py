@@ -587,28 +587,25 @@ def _stream_id(seconds: float | None, default: str) -> str:
 
 
 def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
+    from common.redis_client import parse_redis_url
 
     try:
-        parts = urlsplit(url)
+        return parse_redis_url(url).redacted()
     except ValueError:
         return "<unparseable url>"
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _identity(response, **options):
     return response
 
 
-def _raw(client):
-    """A client on ``client``'s connection pool whose XRANGE answers are left as Redis sent them
-    (``[[id, [field, value, ...]], ...]``: no dict per entry, 2-3x faster to read); the
+def _raw(client, key: str):
+    """A client on the connection pool of ``key``'s server whose XRANGE answers are left as Redis
+    sent them (``[[id, [field, value, ...]], ...]``: no dict per entry, 2-3x faster to read); the
     caller's client is not changed."""
-    import redis
+    from common.redis_client import node_client_for
 
-    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw = node_client_for(client, key)
     raw.set_response_callback("XRANGE", _identity)
     return raw
 
@@ -616,7 +613,7 @@ def _raw(client):
 def xrange_pages(client, key: str, start: str = "-", end: str = "+", count: int = PAGE) -> Iterator[list]:
     """Every entry of ``key`` between the stream ids ``start`` and ``end`` as its flat field list
     ``[field, value, ...]`` (bytes, or str for a client that decodes), ``count`` a page (read-only)."""
-    raw = _raw(client)
+    raw = _raw(client, key)
     cursor = start
     while True:
         page = raw.xrange(key, min=cursor, max=end, count=count)
@@ -666,12 +663,11 @@ def click_from_entry(flat: list) -> Click | None:
 def redis_client(url: str, *, timeout_s: float = 30.0):
     """A client for the report (raw bytes, no retries); :class:`RedisUnavailable` when it does not answer."""
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+
+    from common.redis_client import sync_client
 
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 5.0),
-                                      retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        client = sync_client(url, socket_timeout=timeout_s, connect_timeout=min(timeout_s, 5.0), fail_fast=True)
         client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise RedisUnavailable(f"Redis at {_redacted(url)} is unreachable: {_one_line(exc)}") from None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import REPO_ROOT
-from deploy.local import Stack, start_redis
+from deploy.local import Stack, start_redis, start_redis_cluster, stop_redis_cluster
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield start_redis(stack)
     finally:
         stack.stop("redis")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_CLUSTER_URL`` when given, else a private 3-node Redis Cluster (no replicas) on free
+    ports, started once per session and stopped by PID (``redis+cluster://`` URL)."""
+    given = os.environ.get("REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server / redis-cli are not on PATH and REDIS_CLUSTER_URL is not set")
+    stack = Stack(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield start_redis_cluster(stack)
+    finally:
+        stop_redis_cluster(stack)
 
 
 @pytest.fixture(scope="session")

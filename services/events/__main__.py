@@ -17,11 +17,10 @@ log = logging.getLogger("services.events")
 
 
 def _redis(url: str, block_ms: int):
-    import redis
+    from common.redis_client import sync_client
 
     # a blocking read waits block_ms: the socket timeout must be longer
-    return redis.Redis.from_url(url, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0,
-                                health_check_interval=30)
+    return sync_client(url, socket_timeout=block_ms / 1000.0 + 5.0, connect_timeout=5.0, health_check_interval=30)
 
 
 def run_consumer() -> int:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from common.realtime import ITEM_COUNTS, POPULAR, POPULAR_META, covisit_key, event_id_key
+from common.redis_client import PipelinedScript
 
 RESCALE_AFTER = 100.0  # half-lives between the epoch and now before scores are rescaled (2**100 << float max)
 ID_TTL_S = 86400  # an applied marker whose accepted key had already expired
@@ -97,7 +98,7 @@ class Aggregates:
         self.half_life_s = float(half_life_s)
         self.max_neighbors = int(max_neighbors)
         self.rescale_after = float(rescale_after)
-        self._script = client.register_script(SCRIPT)
+        self._script = PipelinedScript(client, SCRIPT)
 
     def apply(self, events: Sequence[AggregateEvent], now: float) -> list[int]:
         """1 per event applied now, 0 per event applied before. One script call per
@@ -106,11 +107,12 @@ class Aggregates:
         each chunk is applied atomically and once, so chunking changes nothing else."""
         if not events:
             return []
-        with self.client.pipeline(transaction=False) as pipe:  # one round trip for every chunk
+        def build(pipe) -> None:  # one round trip for every chunk
             for i in range(0, len(events), CHUNK):
                 keys, args = self._chunk(events[i: i + CHUNK], now)
-                self._script(keys=keys, args=args, client=pipe)
-            replies = pipe.execute()
+                self._script.queue(pipe, keys, args)
+
+        replies = self._script.run(build)
         return [int(x) for reply in replies for x in reply]
 
     def _chunk(self, events: Sequence[AggregateEvent], now: float) -> tuple[list[str], list[str]]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from common.realtime import Event, generation_key, user_events_key, user_recent_key, user_seen_key
+from common.redis_client import PipelinedScript
 from feature_store.repo.definitions import N_RECENT
 from feature_store.writer import UserRow, UserRowWriter
 from services.events.aggregates import AggregateEvent, Aggregates
@@ -113,7 +114,7 @@ class Applier:
         self.state_ttl = int(user_state_ttl_s)
         self.max_partners = min(int(covisit_max_partners), N_RECENT)
         self.clock = clock
-        self._user_script = client.register_script(USER_SCRIPT)
+        self._user_script = PipelinedScript(client, USER_SCRIPT)
 
     def apply(self, events: Sequence[Event]) -> Outcome:
         now = self.clock()
@@ -157,8 +158,10 @@ class Applier:
         redis-py's per-reply parsing was 35 % of the consumer's CPU (2,650 -> see
         docs/architecture.md#the-events-loop-post-events--servicesevents)."""
         fields = self.writer.fields_of([CONTEXT, SEEN])
-        plan = []
-        with self.client.pipeline(transaction=False) as pipe:
+        plan: list[tuple[int, bool]] = []
+
+        def build(pipe) -> None:
+            plan.clear()
             for u in users:
                 ids: dict[str, float] = {}
                 recent: dict[str, float] = {}
@@ -180,10 +183,9 @@ class Applier:
                     args += (repr(ts), item)
                 args.append(len(seen))
                 args += sorted(seen)
-                self._user_script(keys=[user_recent_key(u.key), user_events_key(u.key), user_seen_key(u.key)],
-                                  args=args, client=pipe)
+                self._user_script.queue(pipe, [user_recent_key(u.key), user_events_key(u.key), user_seen_key(u.key)], args)
                 pipe.hmget(self.writer.layout.redis_key("user", u.uid), fields)
-            replies = iter(pipe.execute())
+        replies = iter(self._user_script.run(build))
         specs = [self.writer.views[CONTEXT], self.writer.views[SEEN]]
         rows = {}
         for u, (n_ids, has_seen) in zip(users, plan, strict=True):

@@ -35,6 +35,7 @@ from typing import Protocol
 import orjson
 
 from common.realtime import generation_key, user_tag
+from common.redis_client import async_client
 
 
 def cache_key(model_version: str, user_id: str, k: int, context: dict | None, exclude: list[int],
@@ -151,20 +152,8 @@ class RedisCache:
     name, enabled = "redis", True
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.ttl_s = ttl_s
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            max_connections=64,
-        )
+        self._redis = async_client(url, timeout_s=timeout_s, max_connections=64)
 
     async def lookup(self, user_id: str, key: str) -> tuple[int, bytes | None]:
         pipe = self._redis.pipeline(transaction=False)  # no MULTI/EXEC: one round trip, two GETs

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.realtime import ACCEPTED, STREAM, Event, event_id_key
+from common.redis_client import async_client
 
 # KEYS[1] = the stream, KEYS[1 + i] = event i's id key; ARGV[1] = dedup TTL (s), ARGV[2] = the
 # id key's value (ACCEPTED), then per event: its number of fields n and n field/value pairs.
@@ -51,15 +52,8 @@ class EventsUnavailable(Exception):
 
 class EventLog:
     def __init__(self, url: str, *, dedup_ttl_s: int, timeout_s: float) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.dedup_ttl_s = dedup_ttl_s
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False, health_check_interval=0, max_connections=64,
-        )
+        self._redis = async_client(url, timeout_s=timeout_s, max_connections=64)
         self._ingest = self._redis.register_script(INGEST_LUA)
 
     async def append(self, events: Sequence[Event]) -> list[bool]:

@@ -27,6 +27,7 @@ import time
 import orjson
 
 from common.realtime import EXPOSURES
+from common.redis_client import async_client
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,10 @@ DRAIN_S = 2.0  # at shutdown (uvicorn's graceful shutdown is 5 s)
 class ExposureLog:
     def __init__(self, url: str, *, sample_rate: float, queue_size: int, maxlen: int, timeout_s: float,
                  metrics: GatewayMetrics, draw=random.random) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.sample_rate = sample_rate
         self.maxlen = maxlen
         self._draw = draw
-        self._redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False, health_check_interval=0, max_connections=4,
-        )
+        self._redis = async_client(url, timeout_s=timeout_s, max_connections=4)
         self._queue: asyncio.Queue[tuple] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task | None = None
         self._closed = False

@@ -34,6 +34,7 @@ import numpy as np
 from common.precomputed import PrecomputedList, decode
 from common.proto.recsys.v1 import common_pb2
 from common.realtime import precomputed_key, user_recent_key, user_seen_key
+from common.redis_client import async_client
 
 MISSING, WRONG_VERSION, OTHER_PIPELINE, EXPIRED, TOO_FEW, REDIS_ERROR = (
     "missing", "wrong_version", "other_pipeline", "expired", "too_few", "redis_error")
@@ -47,13 +48,7 @@ class PrecomputedStore:
     or dead Redis costs one timeout, then the ``redis`` breaker stops the reads for a while."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                     retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-                                     max_connections=64)
+        self._redis = async_client(url, timeout_s=timeout_s, max_connections=64)
 
     async def read(self, user_id: str) -> tuple[bytes | None, list, list]:
         """(the raw list or None, the seen set's members, the recent items), one round trip."""

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import REPO_ROOT
+from common.settings import REPO_ROOT, check_redis_url
 
 MODES = ("grpc", "inprocess")
 SERVING_MODES = ("online", "precomputed", "hybrid")
@@ -92,7 +92,7 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL"),
-        description="Redis for the Feast online store, the response cache, the event stream (POST /events) and the exposure log; unset = embedded SQLite online store, in-process cache, no /events.",
+        description="Redis for the Feast online store, the response cache, the event stream (POST /events) and the exposure log (any REDIS_URL form: one server, `redis+cluster://`, `redis+sentinel://`); unset = embedded SQLite online store, in-process cache, no /events.",
     )
     artifacts_dir: Path = Field(
         REPO_ROOT / "artifacts" / "current",
@@ -113,6 +113,11 @@ class GatewaySettings(BaseSettings):
                              "characters): set a real secret, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`, "
                              "or GATEWAY_ENVIRONMENT=dev")
         return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return check_redis_url(v)
 
     @field_validator("mode")
     @classmethod

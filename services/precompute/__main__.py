@@ -52,7 +52,8 @@ def main(
         refuse("REDIS_URL is not set: the precomputed lists are written to Redis (the gateway reads them there)")
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
+    from common.redis_client import sync_client
+    client = sync_client(redis_url, socket_timeout=30.0, connect_timeout=5.0)
     try:
         client.ping()
     except redis.RedisError as exc:

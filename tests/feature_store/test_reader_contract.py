@@ -25,11 +25,12 @@ UNKNOWN_USERS = [0, -3, 10**9, 2**62]
 UNKNOWN_ITEMS = [0, -1, 10**7, 2**40]
 
 
-@pytest.fixture(scope="module", params=["redis", "sqlite"])
-def env(request, redis_url, tmp_path_factory):
+@pytest.fixture(scope="module", params=["redis", "redis_cluster", "sqlite"])
+def env(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"feast-{request.param}")
+    url = {"redis": "redis_url", "redis_cluster": "redis_cluster_url"}.get(request.param)
     try:
-        feast = private_feast(workdir, redis_url if request.param == "redis" else None, project=PROJECT)
+        feast = private_feast(workdir, request.getfixturevalue(url) if url else None, project=PROJECT)
     except OfflineDataMissing as exc:
         pytest.fail(str(exc))
     registry = CollectorRegistry()
@@ -310,8 +311,12 @@ def test_a_refresh_never_pauses_serving(env):
         served = []
 
         def read_while_loading():
-            reader.item_features(ids)  # sees the new version and starts the loader thread
-            assert loading.wait(10), "the loader never started"
+            # a read that sees the new version starts the loader thread (on a cluster the version
+            # is read at most once a second: the first such read may come a little later)
+            deadline = time.monotonic() + 10
+            while not loading.wait(0.02):
+                reader.item_features(ids)
+                assert time.monotonic() < deadline, "the loader never started"
             for _ in range(50):
                 served.append(reader.item_features(ids))
 

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 
+from common.redis_client import sync_client
 from common.settings import FeatureStoreSettings
 from feature_store import store as fs
 from feature_store.reader import FeatureReaderMetrics, build_reader
@@ -25,13 +25,14 @@ PROJECT = "writercontract"
 USERS = [10**8 + 1, 10**8 + 2, 10**8 + 3]
 
 
-@pytest.fixture(scope="module")
-def env(redis_url, tmp_path_factory):
+@pytest.fixture(scope="module", params=["redis", "redis_cluster"])
+def env(request, tmp_path_factory):
+    redis_url = request.getfixturevalue("redis_cluster_url" if request.param == "redis_cluster" else "redis_url")
     settings = FeatureStoreSettings(redis_url=redis_url, data_dir=tmp_path_factory.mktemp("feast-writer"),
                                     project=PROJECT)
     store = fs.apply(settings)
     writer = UserRowWriter.from_store(store, PROJECT)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield settings, store, writer, client
     client.close()
 
@@ -57,7 +58,8 @@ def _hashes(client, writer, users) -> list[dict]:
 
 
 def _clear(client, writer, users) -> None:
-    client.delete(*[writer.layout.redis_key("user", u) for u in users])
+    for u in users:  # one key a command: the users' rows live in different slots of a cluster
+        client.delete(writer.layout.redis_key("user", u))
 
 
 def test_timestamp_parts_microseconds():
