@@ -20,7 +20,7 @@ SCALE_ENV   := ARTIFACTS_DIR=artifacts/scale/current FEAST_PROJECT=recsys_scale 
 # Redis of the precompute job: REDIS_URL, else the running `make up` / `make up-scale` stack's
 STACK_REDIS := $${REDIS_URL:-$$($(PY) -c 'from deploy.local import RUN_DIR, StackInfo; print(StackInfo.load(RUN_DIR).redis_url or "")' 2>/dev/null)}
 
-.PHONY: help setup proto data artifacts candidate artifacts-scale up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale up-cluster up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,6 +91,9 @@ materialize: setup ## Materialise offline parquet into the online store (Redis o
 
 up: setup ## Start retrieval, ranking, gateway and (with Redis) the events consumer in the background (run/), wait for /readyz
 	$(PY) -m deploy.local up
+
+up-cluster: setup ## `make up` on a private 3-node Redis Cluster (redis+cluster://; every Redis user of the stack on it)
+	$(PY) -m deploy.local up --redis-cluster
 
 up-scale: setup ## `make up` serving the 1M-item catalog (its Redis loaded from the saved online store)
 	$(SCALE_ENV) $(PY) -m deploy.local up --online-rdb $(SCALE_RDB)

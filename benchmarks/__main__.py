@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy|scale`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy|scale|cluster`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "events": ("benchmarks.events", "events loop: freshness, ingestion, consumer lag"),
     "deploy": ("benchmarks.deploy", "hot swap under load, shadow ranker cost, swap memory (ml-100k and 1M items)"),
     "scale": ("benchmarks.scale", "1M items end to end: grpc / inprocess x online / precomputed / hybrid"),
+    "cluster": ("benchmarks.cluster", "per-request Redis operations: one server vs a 3-node Redis Cluster"),
 }
 
 
@@ -125,6 +126,12 @@ def scale(
 ) -> None:
     """The 1M-item catalog end to end, runtimes x serving modes side by side (benchmarks/scale.py)."""
     raise typer.Exit(_run("scale", argv=["--runtimes", runtimes, "--modes", modes, "--duration", str(duration)]))
+
+
+@app.command()
+def cluster(calls: int = typer.Option(4000, min=1000, help="Measured calls per operation and target.")) -> None:
+    """Each per-request Redis operation on one server and on a 3-node Redis Cluster, interleaved (benchmarks/cluster.py)."""
+    raise typer.Exit(_run("cluster", argv=["--calls", str(calls)]))
 
 
 @app.command(name="all")

@@ -151,7 +151,6 @@ def sync_client(url: str, *, socket_timeout: float | None = None, connect_timeou
 
         if fail_fast:
             kw["cluster_error_retry_attempts"] = FAIL_FAST_CLUSTER_ATTEMPTS
-        kw.pop("retry_on_timeout", None)
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **kw)
     if t.kind == "sentinel":
         from redis.sentinel import Sentinel
@@ -180,8 +179,6 @@ def async_client(url: str, *, timeout_s: float, max_connections: int, fail_fast:
         if fail_fast:
             kw["cluster_error_retry_attempts"] = FAIL_FAST_CLUSTER_ATTEMPTS
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], max_connections=max_connections, **kw)
-    if fail_fast:
-        kw["retry_on_timeout"] = False
     if t.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel
 

@@ -476,6 +476,9 @@ def up(
     online_rdb: Annotated[Path | None, typer.Option(
         help="Start the private Redis from this saved online store (`online-store --rdb`) instead of "
              "materialising (make up-scale); ignored when REDIS_URL is set.")] = None,
+    redis_cluster: Annotated[bool, typer.Option(
+        "--redis-cluster", help="Start a private 3-node Redis Cluster (AOF on) instead of one redis-server, and "
+                                "materialise into it (make up-cluster); ignored when REDIS_URL is set.")] = False,
 ) -> None:
     """Start retrieval, ranking and the gateway in the background (GATEWAY_MODE=inprocess: the
     gateway alone); wait until ready."""
@@ -514,9 +517,14 @@ def up(
                           f"in {RUN_DIR}/{RDB_AOF_DIR} when that is newer (loaded, AOF on, in {time.perf_counter() - t:.1f}s)")
         elif shutil.which("redis-server"):
             redis_mode = "private"
-            redis_url = start_redis(stack, appendonly=True)
-            console.print(f"Redis: started a private redis-server at {redis_url} (AOF in {RUN_DIR}/); "
-                          "materialising features…")
+            if redis_cluster:
+                redis_url = start_redis_cluster(stack, appendonly=True, timeout=timeout)
+                console.print(f"Redis: started a private 3-node Redis Cluster at {redis_url} (each node's AOF "
+                              f"in {RUN_DIR}/cluster-N/); materialising features…")
+            else:
+                redis_url = start_redis(stack, appendonly=True)
+                console.print(f"Redis: started a private redis-server at {redis_url} (AOF in {RUN_DIR}/); "
+                              "materialising features…")
             t = time.perf_counter()
             materialize(redis_url, stack.log_path("materialize"))
             console.print(f"       features materialised in {time.perf_counter() - t:.1f}s")
