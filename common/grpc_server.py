@@ -44,6 +44,20 @@ EXIT_OK = 0
 EXIT_LOAD_FAILED = 2  # the bundle is missing, tampered or unusable: nothing was served
 
 
+def connection_age_options(max_age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """Server options that close every client connection after ``max_age_s`` (0: never).
+
+    A client resolves a service name again only when a connection closes; closing them now and
+    then (GOAWAY, then ``grace_s`` for the calls in flight) is how gateways started before a
+    scale-up find the new replicas. The jitter gRPC adds (+-10 %) keeps replicas from all
+    reconnecting at once.
+    """
+    if max_age_s <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", int(max_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(grace_s, 1.0) * 1000))]
+
+
 class LoadError(RuntimeError):
     """The service cannot start serving (bad bundle, missing features...)."""
 

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from common.bundle import Bundle, load_bundle
-from common.grpc_server import LoadError, ServerSpec, ServiceMetrics, configure_logging, serve
+from common.grpc_server import (
+    LoadError,
+    ServerSpec,
+    ServiceMetrics,
+    configure_logging,
+    connection_age_options,
+    serve,
+)
 from common.settings import ArtifactSettings, FeatureStoreSettings
 from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
 from feature_store.backends import OnlineStoreConfigError, online_store_type
@@ -108,6 +115,7 @@ def run_service(
         load=load,
         metrics=metrics,
         extra_interceptors=grpc_server_interceptors(tracing),
+        options=connection_age_options(settings.max_connection_age_s, settings.grace_period_s),
         poll=poll,
         poll_seconds=settings.reload_poll_s,
         status=status,

@@ -28,6 +28,7 @@ from common.telemetry import TelemetrySettings, Tracing, grpc_client_interceptor
 from services.components.config import load_config
 from services.gateway.cache import build_cache
 from services.gateway.catalog import load_catalog
+from services.gateway.channels import open_channels
 from services.gateway.deployment import DeploymentWatcher
 from services.gateway.deps import Runtime
 from services.gateway.events import EventLog
@@ -43,15 +44,6 @@ from services.gateway.routes.health import SERVICES, serving_status
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-
-CHANNEL_OPTIONS = [
-    # come back quickly after a dependency restarts (the default backoff grows to 120 s)
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_retries", 0),
-]
-
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
@@ -71,16 +63,11 @@ async def lifespan(app: FastAPI):
             metrics.include(stage_metrics.registry)
         where = f"in-process (bundle {local.bundle_version}, pid {os.getpid()})"
     else:
-        interceptors = grpc_client_interceptors(tracing) or None
-        channels = {
-            "retrieval": grpc.aio.insecure_channel(settings.retrieval_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
-            "ranking": grpc.aio.insecure_channel(settings.ranking_addr, options=CHANNEL_OPTIONS, interceptors=interceptors),
-        }
-        for channel in channels.values():
-            channel.get_state(try_to_connect=True)  # connect now, not on the first request
+        channels = open_channels(settings, grpc_client_interceptors(tracing) or None)
         stages = {"retrieval": retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"]),
                   "ranking": ranking_pb2_grpc.RankingServiceStub(channels["ranking"])}
-        where = f"retrieval {settings.retrieval_addr}, ranking {settings.ranking_addr}"
+        where = (f"retrieval {settings.retrieval_addr}, ranking {settings.ranking_addr} "
+                 f"({settings.grpc_lb_policy}{', health-checked' if settings.grpc_health_check else ''})")
     cache = build_cache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entries,
                         settings.cache_timeout_ms / 1000.0)
     config = load_config(settings.pipeline_config)  # checked by __main__ before start

@@ -15,6 +15,7 @@ class RankingSettings(BaseSettings):
     port: int = Field(50052, ge=0, le=65535, description="gRPC port of the ranking service.")
     metrics_host: str = Field("127.0.0.1", description="Interface of the ranking Prometheus endpoint.")
     metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port of the ranking service.")
+    max_connection_age_s: float = Field(60.0, ge=0, description="Close each client connection after this long (gracefully, in-flight calls finish), so clients resolve the service name again and spread over replicas added since; 0 = never.")
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: seconds in-flight ranking calls get to finish.")
     max_candidates: int = Field(2000, ge=1, description="Most candidates a Rank call may carry (INVALID_ARGUMENT above).")
     pipeline_config: Path | None = Field(None, description="The component pipeline (its [ranking] scorer); unset = services/pipeline.toml.")

@@ -15,6 +15,7 @@ class RetrievalSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port of the retrieval service.")
     metrics_host: str = Field("127.0.0.1", description="Interface of the retrieval Prometheus endpoint.")
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port of the retrieval service.")
+    max_connection_age_s: float = Field(60.0, ge=0, description="Close each client connection after this long (gracefully, in-flight calls finish), so clients resolve the service name again and spread over replicas added since; 0 = never.")
     grace_period_s: float = Field(5.0, ge=0, description="SIGTERM: seconds in-flight retrieval calls get to finish.")
     max_k: int = Field(1000, ge=1, description="Largest k a Retrieve call may ask for (INVALID_ARGUMENT above).")
     max_exclude_ids: int = Field(5000, ge=0, description="Most exclude_item_ids accepted in one Retrieve call.")

@@ -11,10 +11,9 @@ import grpc
 from fastapi import FastAPI
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.gateway.channels import SERVICE_NAMES as SERVICES
 from services.gateway.deps import StartingRuntimeDep
 from services.gateway.responses import JSONBytes, error
-
-SERVICES = {"retrieval": "recsys.v1.RetrievalService", "ranking": "recsys.v1.RankingService"}
 
 
 async def serving_status(channel: grpc.aio.Channel, service: str, timeout: float) -> str:

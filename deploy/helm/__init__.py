@@ -1,0 +1,1 @@
+"""The Helm chart (recsys/) and its offline checks (chartcheck.py)."""
