@@ -21,7 +21,15 @@
 #   3. `stop ranking`     -> still 200, fallback = ranking_unavailable; `start` -> full answers again;
 #   4. `pause retrieval`  -> answered within the deadline with a fallback; `unpause` -> full again
 #      (polled with a deadline: the gateway's circuit breaker probes the dependency back);
-#   5. `down -v` leaves no container, network or volume of the test project behind.
+#   5. replicas: `up -d --no-deps --wait --scale retrieval=2 --scale ranking=2 retrieval ranking`
+#      adds a second replica of each, the gateway untouched (not recreated, not restarted);
+#      within 90 s the running gateway sends calls to every replica of both services (each
+#      replica's own /metrics, via `compose exec --index N`: found when the services close its
+#      connections after *_MAX_CONNECTION_AGE_S, below), round-robin over the next 40 requests,
+#      Prometheus scrapes each replica as a target of its own (dns_sd); then replica 2 of both is
+#      SIGKILLed (`docker kill`) amid a stream of 120 requests: every answer 200 (no 5xx, no
+#      timeout), and full (no fallback) from 3 s after the kill on;
+#   6. `down -v` leaves no container, network or volume of the test project behind.
 # It always runs `down -v` and removes the export on exit, and prints build time, cold `up` time
 # (split at the first container's creation), the offline job's run time, request latencies and
 # image sizes.
@@ -29,7 +37,10 @@
 # Environment: COMPOSE_TEST_PROJECT (default recsys-e2e: a project of its own, so a stack you
 # run yourself under the default name is untouched), UP_TIMEOUT_S (default 1800),
 # GATEWAY_HOST_PORT / PROMETHEUS_HOST_PORT (default: free ports), TORCH_WHEEL_FETCH=0 (skip the
-# quickstart's `make torch-wheel` line: the offline image then takes torch from TORCH_INDEX_URL).
+# quickstart's `make torch-wheel` line: the offline image then takes torch from TORCH_INDEX_URL),
+# RETRIEVAL_MAX_CONNECTION_AGE_S / RANKING_MAX_CONNECTION_AGE_S (default 10, compose's 60 would
+# make step 5 wait a minute for the gateway to find the new replicas; they reach the containers
+# through docker-compose.yml's interpolation).
 # For iterating on the checks: TEST_COMPOSE_REUSE=1 skips the clean start and continues with
 # whatever the test project already has (its volumes: a trained bundle); the up time is then
 # not a cold one.
@@ -56,6 +67,9 @@ epoch() { "$PY" -c 'import sys,datetime as d; [print(d.datetime.fromisoformat(s[
 export GATEWAY_HOST_PORT=${GATEWAY_HOST_PORT:-$(free_port)}
 export PROMETHEUS_HOST_PORT=${PROMETHEUS_HOST_PORT:-$(free_port)}
 export PUBLISH_ADDR=127.0.0.1
+# the services close the gateway's connections this often, so it re-resolves their names (step 5)
+export RETRIEVAL_MAX_CONNECTION_AGE_S=${RETRIEVAL_MAX_CONNECTION_AGE_S:-10}
+export RANKING_MAX_CONNECTION_AGE_S=${RANKING_MAX_CONNECTION_AGE_S:-10}
 GW=http://127.0.0.1:$GATEWAY_HOST_PORT
 PROM=http://127.0.0.1:$PROMETHEUS_HOST_PORT
 
@@ -69,15 +83,22 @@ say "compose $(docker compose version --short), project $COMPOSE_PROJECT_NAME, g
 # ---------------------------------------------------------------- fresh export + cleanup trap
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/recsys-compose-e2e.XXXXXX")
 LOG=$(mktemp "${TMPDIR:-/tmp}/test-compose.XXXXXX.log")
+STREAM_PID=
 dump_logs() {
   echo "---- docker compose ps -a"; compose ps -a || true
-  for s in offline retrieval ranking gateway prometheus redis; do
-    echo "---- logs: $s (last 60 lines)"; compose logs --no-color --tail 60 "$s" 2>&1 || true
+  # per container, so each replica of a scaled service (retrieval-1, retrieval-2...) and a killed
+  # one have their own lines
+  for s in offline retrieval ranking events gateway prometheus redis; do
+    for id in $(compose ps -aq "$s" 2>/dev/null); do
+      echo "---- logs: $(docker inspect -f '{{.Name}} ({{.State.Status}}, exit {{.State.ExitCode}}, restarts {{.RestartCount}})' "$id" 2>/dev/null | sed 's|^/||') (last 60 lines)"
+      docker logs --tail 60 "$id" 2>&1 || true
+    done
   done
 }
 cleanup() {
   rc=$?
   trap - EXIT
+  [ -n "$STREAM_PID" ] && kill "$STREAM_PID" 2>/dev/null || true
   [ $rc -ne 0 ] && dump_logs
   say "docker compose down -v"
   compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || true
@@ -162,9 +183,10 @@ rec() {
 }
 # jq-free field access: field EXPR (python expression over `b`, the parsed body)
 field() { printf '%s' "$BODY" | "$PY" -c "import json,sys; b=json.load(sys.stdin); v=($1); print('null' if v is None else v)"; }
-# A fresh known user per request, so the response cache never answers for a probe.
+# A fresh known user per request, so the response cache never answers for a probe (MovieLens-100K
+# has users 1..943; after 943 it starts again at 1, long past the cache TTL).
 NEXT_USER=100
-next_user() { NEXT_USER=$((NEXT_USER + 1)); USER_ID=$NEXT_USER; }
+next_user() { NEXT_USER=$((NEXT_USER % 943 + 1)); USER_ID=$NEXT_USER; }
 
 expect_full() {  # a full answer: 200, k items, no fallback
   local what=$1 k=$2
@@ -285,15 +307,17 @@ except Exception:
     print("0 none"); sys.exit()
 down = [x["labels"]["job"] + ":" + x["health"] for x in t if x["health"] != "up"]
 print(len(t), " ".join(sorted(x["labels"]["job"] + "=" + x["health"] for x in t)), "DOWN" if down or not t else "")' )
+  # targets come from DNS (dns_sd_configs): a job whose name did not resolve yet has none
+  missing=
+  for job in gateway retrieval ranking events; do
+    case "$summary" in *"$job=up"*) ;; *) missing+=" $job" ;; esac
+  done
   case "$summary" in
     *DOWN*|"0 "*) ;;
-    *) break ;;
+    *) [ -z "$missing" ] && break ;;
   esac
-  [ $SECONDS -lt $deadline ] || fail "prometheus targets not all up after 60 s: $summary"
+  [ $SECONDS -lt $deadline ] || fail "prometheus targets not all up after 60 s (no up target for:${missing:- -}): $summary"
   sleep 2
-done
-for job in gateway retrieval ranking events; do
-  case "$summary" in *"$job=up"*) ;; *) fail "prometheus has no up target for $job: $summary" ;; esac
 done
 say "ok: prometheus targets: $summary"
 
@@ -353,6 +377,177 @@ while :; do
 done
 expect_full "after retrieval unpause" 10
 say "ok: retrieval unpaused -> full answers after $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------- 5. replicas
+# replica_calls SERVICE INDEX -> OK calls of the service's method answered by that replica
+# (its own /metrics, read inside the container: the metrics ports are not published)
+replica_calls() {
+  local port method
+  case $1 in
+    retrieval) port=9101 method=/recsys.v1.RetrievalService/Retrieve ;;
+    ranking) port=9102 method=/recsys.v1.RankingService/Rank ;;
+  esac
+  compose exec -T --index "$2" "$1" python -c '
+import sys, urllib.request
+port, method = sys.argv[1], sys.argv[2]
+short = method.rsplit("/", 1)[-1]
+text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+n = 0.0
+for line in text.splitlines():
+    if line.startswith("recsys_grpc_server_handling_seconds_count{"):
+        labels, value = line.rsplit(" ", 1)
+        # the method label is the method name ("Retrieve"); a full path is accepted too
+        if (f"method=\"{method}\"" in labels or f"method=\"{short}\"" in labels) \
+                and "code=\"OK\"" in labels:
+            n += float(value)
+print(int(n))' "$port" "$method" 2>/dev/null || echo "?"
+}
+REPLICAS=("retrieval 1" "retrieval 2" "ranking 1" "ranking 2")
+# all_calls -> CALLS: "n1 n2 n3 n4" in the order of REPLICAS
+all_calls() { CALLS=; local r; for r in "${REPLICAS[@]}"; do CALLS+="$(replica_calls $r) "; done; }
+# split BASE NOW -> SPLIT: "retrieval 1: 57 calls, retrieval 2: 43 calls; ranking 1: ...", MINCALLS:
+# the fewest calls of a replica in between (-1: a replica's metrics could not be read)
+split() {
+  local -a a b; local i d
+  read -ra a <<<"$1"; read -ra b <<<"$2"
+  SPLIT=; MINCALLS=
+  for i in 0 1 2 3; do
+    if [[ ${a[i]-} =~ ^[0-9]+$ && ${b[i]-} =~ ^[0-9]+$ ]]; then d=$((b[i] - a[i])); else d="?"; fi
+    if [ "$d" = "?" ]; then MINCALLS=-1
+    elif [ -z "$MINCALLS" ] || { [ "$MINCALLS" != -1 ] && [ "$d" -lt "$MINCALLS" ]; }; then MINCALLS=$d; fi
+    SPLIT+="${REPLICAS[i]}: $d calls"; case $i in 0|2) SPLIT+=", " ;; 1) SPLIT+="; " ;; esac
+  done
+}
+replica_id() {  # replica_id SERVICE N -> container id of replica N
+  docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --filter "label=com.docker.compose.service=$1" --filter "label=com.docker.compose.container-number=$2"
+}
+
+gw_before=$(docker inspect -f '{{.Id}} {{.State.StartedAt}} {{.RestartCount}}' "$(compose ps -q gateway)")
+first_before="$(replica_id retrieval 1) $(replica_id ranking 1)"
+for s in retrieval ranking; do
+  var=$(tr a-z A-Z <<<"$s")_MAX_CONNECTION_AGE_S
+  docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$(replica_id "$s" 1)" | grep -qx "$var=${!var}" \
+    || fail "replicas: $s does not have $var=${!var} (docker-compose.yml must pass it through)"
+done
+t_scale=$SECONDS; t0=$SECONDS
+timeout 300 docker compose -p "$COMPOSE_PROJECT_NAME" up -d --no-deps --wait --scale retrieval=2 --scale ranking=2 \
+  retrieval ranking >"$LOG" 2>&1 || { tail -n 40 "$LOG"; fail "replicas: up --scale retrieval=2 --scale ranking=2 failed"; }
+scale_s=$((SECONDS - t0))
+[ "$(docker inspect -f '{{.Id}} {{.State.StartedAt}} {{.RestartCount}}' "$(compose ps -q gateway)")" = "$gw_before" ] \
+  || fail "replicas: scaling retrieval and ranking recreated or restarted the gateway"
+[ "$(replica_id retrieval 1) $(replica_id ranking 1)" = "$first_before" ] || fail "replicas: scaling recreated replica 1"
+for s in retrieval ranking; do
+  n=$(compose ps -q --status running "$s" | wc -l)
+  [ "$n" = 2 ] || fail "replicas: $n running $s containers, expected 2"
+done
+addrs=$(compose exec -T gateway python -c 'import socket
+for n, p in (("retrieval", 50051), ("ranking", 50052)):
+    print(n, "->", " ".join(sorted({a[4][0] for a in socket.getaddrinfo(n, p, proto=socket.IPPROTO_TCP)})), end="; ")' || true)
+say "ok: up --scale retrieval=2 --scale ranking=2 (--no-deps --wait) in ${scale_s}s, both healthy; gateway not recreated or restarted; Docker DNS in the gateway: ${addrs%; }"
+
+# the running gateway finds the new replicas when their connections reach the max age
+all_calls; base=$CALLS
+deadline=$((SECONDS + 90)); sent=0
+while :; do
+  for i in $(seq 1 10); do
+    next_user; rec GET "$USER_ID" 10
+    [ "$CODE" = 200 ] || fail "replicas: HTTP $CODE: $BODY"
+    sent=$((sent + 1))
+  done
+  all_calls; split "$base" "$CALLS"
+  [ "$MINCALLS" -gt 0 ] && break
+  # replica 1 took calls all along: none counted means the metrics are not read right
+  read -ra now <<<"$CALLS"; read -ra was <<<"$base"
+  [ "${now[0]}" != "${was[0]}" ] && [ "${now[2]}" != "${was[2]}" ] \
+    || fail "replicas: replica 1's metrics count none of $sent calls: $SPLIT"
+  [ $SECONDS -lt $deadline ] || fail "replicas: not every replica answered within 90 s of the scale-up ($sent requests): $SPLIT"
+done
+say "ok: every replica answers calls $((SECONDS - t_scale))s after \`up --scale\` began ($sent requests since it returned, connection age ${RETRIEVAL_MAX_CONNECTION_AGE_S}/${RANKING_MAX_CONNECTION_AGE_S} s, gateway not restarted): $SPLIT"
+
+all_calls; base=$CALLS
+for i in $(seq 1 40); do
+  next_user; rec GET "$USER_ID" 10
+  [ "$CODE" = 200 ] || fail "replicas: HTTP $CODE: $BODY"
+done
+all_calls; split "$base" "$CALLS"
+[ "$MINCALLS" -ge 8 ] || fail "replicas: 40 requests not spread over both replicas of each service (round_robin): $SPLIT"
+say "ok: round-robin over the next 40 requests: $SPLIT"
+
+# Prometheus (dns_sd_configs) scrapes each replica as a target of its own
+deadline=$((SECONDS + 30))
+while :; do
+  per_job=$(curl -s -m 5 "$PROM/api/v1/targets?state=active" | "$PY" -c '
+import collections, json, sys
+try:
+    t = json.load(sys.stdin)["data"]["activeTargets"]
+except Exception:
+    t = []
+up = collections.Counter(x["labels"]["job"] for x in t if x["health"] == "up")
+print(" ".join(f"{j}={up[j]}" for j in ("retrieval", "ranking")))' || true)
+  [ "$per_job" = "retrieval=2 ranking=2" ] && break
+  [ $SECONDS -lt $deadline ] || fail "replicas: prometheus does not scrape 2 up targets each after 30 s: $per_job"
+  sleep 2
+done
+say "ok: prometheus scrapes every replica (up targets: $per_job)"
+
+# SIGKILL replica 2 of both amid a steady stream of requests
+users=(); for i in $(seq 1 120); do next_user; users+=("$USER_ID"); done
+STREAM=$WORK/stream.tsv; : >"$STREAM"
+( for u in "${users[@]}"; do
+    ts=$(date +%s.%N)
+    out=$(curl -s -m 5 -w '\t%{http_code}\t%{time_total}' --get --data-urlencode "user_id=$u" --data-urlencode k=10 \
+      "$GW/recommend" || true)
+    printf '%s\t%s\n' "$ts" "$out" >>"$STREAM"
+    sleep 0.1
+  done ) &
+STREAM_PID=$!
+until [ "$(wc -l <"$STREAM")" -ge 30 ]; do sleep 0.1; kill -0 "$STREAM_PID" 2>/dev/null || break; done
+victims="$(replica_id retrieval 2) $(replica_id ranking 2)"
+[ "$(wc -w <<<"$victims")" = 2 ] || fail "replicas: no replica 2 of retrieval and ranking to kill: $victims"
+t_kill=$(date +%s.%N)
+docker kill $victims >/dev/null
+t_killed=$(date +%s.%N)
+wait "$STREAM_PID" || true
+STREAM_PID=
+restarted=$(docker inspect -f '{{.Name}}: {{.State.Status}}, restarts {{.RestartCount}}' $victims | sed 's|^/||' | tr '\n' ' ')
+kill_report=$("$PY" - "$STREAM" "$t_kill" "$t_killed" <<'EOF'
+import collections, json, sys
+path, t_kill, t_killed = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+rows = []
+for line in open(path):
+    ts, body, code, secs = line.rstrip("\n").rsplit("\t", 3) if line.count("\t") >= 3 else (line.split("\t")[0], "", "000", "0")
+    try:
+        b = json.loads(body)
+    except ValueError:
+        b = {}
+    fb = b.get("fallback", "?") if code == "200" else "-"
+    n_items = len(b.get("items", [])) if code == "200" else 0
+    rows.append((float(ts), code, fb, n_items, float(secs)))
+codes = collections.Counter(r[1] for r in rows)
+before = sum(1 for r in rows if r[0] < t_kill)
+after = [r for r in rows if r[0] >= t_killed]
+rungs = collections.Counter(str(r[2]) if r[2] is not None else "none" for r in rows if r[0] >= t_kill)
+late = [r for r in rows if r[0] >= t_killed + 3.0]
+late_bad = [r for r in late if r[1] != "200" or r[2] is not None or r[3] != 10]
+not_full = [r for r in rows if r[0] >= t_kill and (r[2] is not None or r[1] != "200")]
+last_nf = f"{max(r[0] for r in not_full) - t_killed:.2f} s" if not_full else "none"
+short = [r for r in rows if r[1] == "200" and r[3] != 10]  # every 200 carries k items, fallback or not
+ok = codes.get("200", 0) == len(rows) and not short and not late_bad and len(after) >= 50 and len(late) >= 20
+print("OK" if ok else "BAD",
+      f"{len(rows)} requests ({before} before the kill, {len(after)} after, {len(late)} from 3 s after it):",
+      " ".join(f"HTTP {c} x{n}" for c, n in sorted(codes.items())),
+      f"({sum(n for c, n in codes.items() if c.startswith('5'))} 5xx, {codes.get('000', 0)} without answer);",
+      "fallback rungs from the kill on: " + " ".join(f"{k} x{n}" for k, n in rungs.most_common()) + ";",
+      f"last non-full answer: {last_nf} after the kill; from 3 s on: {len(late) - len(late_bad)}/{len(late)} full;",
+      f"max latency {max(r[4] for r in rows) * 1000:.0f} ms" + (f"; {len(short)} answers without 10 items" if short else ""))
+EOF
+)
+case "$kill_report" in
+  OK*) say "ok: docker kill (SIGKILL) retrieval-2 + ranking-2 amid the stream: ${kill_report#OK }" ;;
+  *) fail "replicas: killing replica 2: ${kill_report#BAD }" ;;
+esac
+say "  killed replicas afterwards: ${restarted% }"
 
 # ---------------------------------------------------------------- sizes + teardown
 say "image sizes:"
