@@ -19,7 +19,7 @@ import redis
 
 from common.realtime import user_events_key, user_seen_key
 from deploy.local import Ports, Stack, start_services
-from feature_store.testing import private_feast
+from tests.integration.helpers import feast_db, recommend, wait_item_gone
 
 TOKEN = "feedback-loop-test-admin-token"
 
@@ -34,55 +34,32 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop(redis_url: str, bundle_path, tmp_path_factory) -> Iterator[Loop]:
-    base = redis_url.rsplit("/", 1)[0]
-    url = f"{base}/5"  # a database of its own in the session's Redis
-    client = redis.Redis.from_url(url)
-    client.flushdb()
     work = tmp_path_factory.mktemp("feedback-loop")
-    feast = private_feast(work, url)
-    env = {"FEAST_DATA_DIR": str(feast.settings.data_dir), "FEAST_OFFLINE_DIR": str(feast.settings.offline_dir),
-           "ARTIFACTS_DIR": str(bundle_path), "RETRIEVAL_WARMUP_REQUESTS": "5", "RANKING_WARMUP_REQUESTS": "5",
-           "RETRIEVAL_GRACE_PERIOD_S": "1", "RANKING_GRACE_PERIOD_S": "1"}
     stack = Stack(work / "run")
     ports = Ports.free()
-    try:
-        gw = start_services(stack, ports, url, extra_env=env, events=True,
-                            gateway_env={"GATEWAY_CACHE_TTL_S": "300", "GATEWAY_ADMIN_TOKEN": TOKEN,
-                                         "GATEWAY_ENVIRONMENT": "dev"})
-        yield Loop(gw, f"http://127.0.0.1:{ports.events_metrics}", client, stack)
-    finally:
-        stack.stop_all()
-        client.flushdb()
-        client.close()
-
-
-def _answer(client: httpx.Client, user: str, k: int = 10) -> dict:
-    r = client.get("/recommend", params={"user_id": user, "k": k})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _wait_until_gone(client: httpx.Client, user: str, item: int, timeout: float = 5.0) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    while True:
-        body = _answer(client, user)
-        if all(i["item_id"] != item for i in body["items"]):
-            return body, time.perf_counter() - t0
-        assert time.perf_counter() - t0 < timeout, f"item {item} still in {user}'s answer after {timeout}s: {body}"
-        time.sleep(0.01)
+    with feast_db(redis_url, 5, work) as db:  # a database of its own in the session's Redis
+        env = {**db.env, "ARTIFACTS_DIR": str(bundle_path), "RETRIEVAL_WARMUP_REQUESTS": "5",
+               "RANKING_WARMUP_REQUESTS": "5", "RETRIEVAL_GRACE_PERIOD_S": "1", "RANKING_GRACE_PERIOD_S": "1"}
+        try:
+            gw = start_services(stack, ports, db.url, extra_env=env, events=True,
+                                gateway_env={"GATEWAY_CACHE_TTL_S": "300", "GATEWAY_ADMIN_TOKEN": TOKEN,
+                                             "GATEWAY_ENVIRONMENT": "dev"})
+            yield Loop(gw, f"http://127.0.0.1:{ports.events_metrics}", db.client, stack)
+        finally:
+            stack.stop_all()
 
 
 def test_a_click_leaves_the_next_answer_and_enters_the_user_context(loop: Loop):
     user = "1"
     with httpx.Client(base_url=loop.url, timeout=5.0) as client:
-        _answer(client, user)
-        cached = _answer(client, user)
+        recommend(client, user)
+        cached = recommend(client, user)
         assert cached["cached"] is True  # the answer the click must not be hidden behind
         item = cached["items"][0]["item_id"]
         batch = {"events": [{"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": "click"}]}
         r = client.post("/events", json=batch)
         assert r.status_code == 202 and r.json() == {"accepted": 1, "duplicates": 0}
-        after, seconds = _wait_until_gone(client, user, item)
+        after, seconds = wait_item_gone(client, user, item)
         assert seconds < 1.0, f"the click took {seconds:.3f}s to show"
         assert after["fallback"] is None
         # the clicked item is now the most recent item of the user tower's input, and seen
@@ -101,7 +78,7 @@ def test_a_click_leaves_the_next_answer_and_enters_the_user_context(loop: Loop):
 def test_a_view_is_recent_context_but_not_seen(loop: Loop):
     user = "2"
     with httpx.Client(base_url=loop.url, timeout=5.0) as client:
-        item = _answer(client, user)["items"][0]["item_id"]
+        item = recommend(client, user)["items"][0]["item_id"]
         r = client.post("/events", json={"events": [
             {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": "view"}]})
         assert r.status_code == 202

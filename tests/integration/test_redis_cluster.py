@@ -39,6 +39,7 @@ from deploy.local import (
     wait_ready,
 )
 from feature_store.testing import private_feast
+from tests.integration.helpers import recommend, wait_item_gone
 
 TOKEN = "redis-cluster-test-admin-token"
 USERS = 40  # precomputed for the first 40 known users
@@ -99,27 +100,11 @@ def stack(tmp_path_factory, bundle_path: Path) -> Iterator[OnCluster]:
         cluster.stop_all()
 
 
-def _answer(client: httpx.Client, user: str, k: int = 10) -> dict:
-    r = client.get("/recommend", params={"user_id": user, "k": k})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def _click(on: OnCluster, user: str, item: int) -> dict:
     r = on.online.post("/events", json={"events": [
         {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": "click"}]})
     assert r.status_code == 202, r.text
     return r.json()
-
-
-def _gone(client: httpx.Client, user: str, item: int, timeout: float = 5.0) -> tuple[dict, float]:
-    t0 = time.perf_counter()
-    while True:
-        body = _answer(client, user)
-        if all(i["item_id"] != item for i in body["items"]):
-            return body, time.perf_counter() - t0
-        assert time.perf_counter() - t0 < timeout, f"item {item} still in {user}'s answer after {timeout}s"
-        time.sleep(0.01)
 
 
 def _nodes(on: OnCluster) -> list[redis.Redis]:
@@ -142,20 +127,20 @@ def test_the_data_is_spread_over_every_node(stack: OnCluster):
 
 def test_online_answers_and_the_response_cache(stack: OnCluster):
     for user in ("1", "2", "3"):
-        first = _answer(stack.online, user)
+        first = recommend(stack.online, user)
         assert first["fallback"] is None and first["mode"] == "online" and len(first["items"]) == 10
-        again = _answer(stack.online, user)
+        again = recommend(stack.online, user)
         assert again["cached"] is True and again["items"] == first["items"]
 
 
-def test_a_click_goes_through_the_stream_and_leaves_the_next_answer(stack: OnCluster):
+def test_a_click_goes_through_the_stream_and_leaves_the_nextrecommend(stack: OnCluster):
     user = "11"
-    _answer(stack.online, user)
-    cached = _answer(stack.online, user)
+    recommend(stack.online, user)
+    cached = recommend(stack.online, user)
     assert cached["cached"] is True
     item = cached["items"][0]["item_id"]
     assert _click(stack, user, item) == {"accepted": 1, "duplicates": 0}
-    after, seconds = _gone(stack.online, user, item)
+    after, seconds = wait_item_gone(stack.online, user, item)
     assert seconds < 2.0, f"the click took {seconds:.3f}s"
     assert after["fallback"] is None
     assert stack.client.sismember(user_seen_key(user), item)
@@ -170,12 +155,12 @@ def test_precomputed_lists_are_served_and_filtered_in_real_time(stack: OnCluster
     user = known_users[5]
     stored = decode(stack.client.get(precomputed_key(user)))
     assert stored is not None and len(stored) == 100
-    body = _answer(stack.precomputed, user)
+    body = recommend(stack.precomputed, user)
     assert body["mode"] == "precomputed", body
     ids = [i["item_id"] for i in body["items"]]
     assert set(ids) <= set(stored.item_ids.tolist())
     _click(stack, user, ids[0])
-    _, seconds = _gone(stack.precomputed, user, ids[0])
+    _, seconds = wait_item_gone(stack.precomputed, user, ids[0])
     assert seconds < 2.0
     assert "40 users in" in stack.job_output, stack.job_output
 

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.net import free_port
 from deploy.local import Ports, Stack, service_env, wait_ready
-from feature_store.testing import private_feast
 from tests.integration.dns_stub import DnsStub
+from tests.integration.helpers import feast_db
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3")
 SCALED_UP = "127.0.0.4"  # the replica a scale-up adds
@@ -90,27 +89,23 @@ def calls(metrics_port: int, method: str) -> int:
 
 @pytest.fixture(scope="module")
 def replicas(redis_url: str, bundle_path, tmp_path_factory) -> Iterator[Replicas]:
-    base = redis_url.rsplit("/", 1)[0]
-    url = f"{base}/9"  # a database of its own in the session's Redis
-    client = redis.Redis.from_url(url)
-    client.flushdb()
     work = tmp_path_factory.mktemp("replicas")
-    feast = private_feast(work, url)
-    stack = Stack(work / "run")
+    with feast_db(redis_url, 9, work) as db, DnsStub("retrieval.replicas.test", ADDRESSES) as dns_r, \
+            DnsStub("ranking.replicas.test", ADDRESSES) as dns_k:
+        yield from _replicas(Stack(work / "run"), db, {"retrieval": dns_r, "ranking": dns_k}, bundle_path)
+
+
+def _replicas(stack: Stack, db, dns: dict[str, DnsStub], bundle_path) -> Iterator[Replicas]:
     ports = Ports.free()
     grpc_port = {"retrieval": _port_free_on_every_address(), "ranking": _port_free_on_every_address()}
-    dns = {name: DnsStub(f"{name}.replicas.test", ADDRESSES) for name in METHODS}
-    env = service_env(ports, url, {
-        "FEAST_DATA_DIR": str(feast.settings.data_dir), "FEAST_OFFLINE_DIR": str(feast.settings.offline_dir),
-        "ARTIFACTS_DIR": str(bundle_path), "RETRIEVAL_WARMUP_REQUESTS": "5", "RANKING_WARMUP_REQUESTS": "5",
+    env = service_env(ports, db.url, {
+        **db.env, "ARTIFACTS_DIR": str(bundle_path), "RETRIEVAL_WARMUP_REQUESTS": "5", "RANKING_WARMUP_REQUESTS": "5",
         "RETRIEVAL_GRACE_PERIOD_S": "1", "RANKING_GRACE_PERIOD_S": "1",
         # connections are closed (gracefully) every 2 s, so the gateway resolves the names again
         "RETRIEVAL_MAX_CONNECTION_AGE_S": "2", "RANKING_MAX_CONNECTION_AGE_S": "2"})
     metrics: dict[str, int] = {}
     gateway = None
     try:
-        for d in dns.values():
-            d.__enter__()
         for service in METHODS:
             prefix = service.upper()
             for suffix, address in zip("ab", ADDRESSES, strict=True):
@@ -121,8 +116,7 @@ def replicas(redis_url: str, bundle_path, tmp_path_factory) -> Iterator[Replicas
                     f"{prefix}_METRICS_PORT": str(metrics[name])})
         for name in metrics:
             service, suffix = name.split("-")
-            address = ADDRESSES["ab".index(suffix)]
-            _serving(f"{address}:{grpc_port[service]}")
+            _serving(f"{ADDRESSES['ab'.index(suffix)]}:{grpc_port[service]}")
         stack.start_module("gateway", "services.gateway", {
             **env, **SLACK, "GATEWAY_MODE": "grpc", "GATEWAY_CACHE_TTL_S": "0",
             "GATEWAY_RETRIEVAL_ADDR": dns["retrieval"].target(grpc_port["retrieval"]),
@@ -134,10 +128,6 @@ def replicas(redis_url: str, bundle_path, tmp_path_factory) -> Iterator[Replicas
         if gateway is not None:
             gateway.close()
         stack.stop_all()
-        for d in dns.values():
-            d.__exit__(None, None, None)
-        client.flushdb()
-        client.close()
 
 
 def _split(r: Replicas) -> dict[str, int]:
