@@ -20,7 +20,7 @@ SCALE_ENV   := ARTIFACTS_DIR=artifacts/scale/current FEAST_PROJECT=recsys_scale 
 # Redis of the precompute job: REDIS_URL, else the running `make up` / `make up-scale` stack's
 STACK_REDIS := $${REDIS_URL:-$$($(PY) -c 'from deploy.local import RUN_DIR, StackInfo; print(StackInfo.load(RUN_DIR).redis_url or "")' 2>/dev/null)}
 
-.PHONY: help setup proto data artifacts candidate artifacts-scale up-cluster up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint chart clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale up-cluster up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint chart design designs profile diagnose clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -135,6 +135,20 @@ lint: setup ## ruff
 
 chart: setup ## Helm chart offline: helm lint --strict, helm template (default + production values) | kubernetes-validate --strict
 	$(PY) -m deploy.helm.chartcheck
+
+REQ ?= docs/designs/small-shop.yaml
+design: setup ## Architecture document from a requirements file: make design REQ=my.yaml [OUT=doc.md]
+	$(PY) -m architect design $(REQ) $(if $(OUT),--out $(OUT))
+
+designs: setup ## Regenerate docs/designs/*.md from their requirements files (the reference profile)
+	@for f in docs/designs/*.yaml; do $(PY) -m architect design $$f --out $${f%.yaml}.md || exit $$?; done
+
+profile: setup ## Measure this machine (benchmarks capacity) and write architect/profiles/reference.json from it
+	$(PY) -m benchmarks capacity
+	$(PY) -m architect design --profile-from bench-results/capacity.json --write-profile architect/profiles/reference.json
+
+diagnose: setup ## Findings and remediations for the running stack (default: the one `make up` started)
+	$(PY) -m architect diagnose $(ARGS)
 
 clean: ## Remove generated data, artifacts, results and the venv
 	rm -rf data artifacts bench-results run loadtest/reports $(PROTO_OUT) $(VENV)

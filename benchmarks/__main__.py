@@ -1,4 +1,4 @@
-"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy|scale|cluster`` (``make bench`` runs ``all``).
+"""``python -m benchmarks all|features|retrieval|ranking|ann|e2e|e2e-modes|events|deploy|scale|cluster|capacity`` (``make bench`` runs ``all``).
 
 Each benchmark module exposes ``main()`` returning its figures (or an exit code); modules are imported lazily,
 so one missing or broken benchmark is reported clearly and does not stop the others.
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "deploy": ("benchmarks.deploy", "hot swap under load, shadow ranker cost, swap memory (ml-100k and 1M items)"),
     "scale": ("benchmarks.scale", "1M items end to end: grpc / inprocess x online / precomputed / hybrid"),
     "cluster": ("benchmarks.cluster", "per-request Redis operations: one server vs a 3-node Redis Cluster"),
+    "capacity": ("benchmarks.capacity", "CPU per answer / cache hit / event per process, saturation throughput (the design tool's input)"),
 }
 
 
@@ -132,6 +133,15 @@ def scale(
 def cluster(calls: int = typer.Option(4000, min=1000, help="Measured calls per operation and target.")) -> None:
     """Each per-request Redis operation on one server and on a 3-node Redis Cluster, interleaved (benchmarks/cluster.py)."""
     raise typer.Exit(_run("cluster", argv=["--calls", str(calls)]))
+
+
+@app.command()
+def capacity(
+    rate: float = typer.Option(0.0, min=0.0, help="Requests/s of the open-loop cost phases; 0 = 60 % of the saturation measured just before."),
+    duration: float = typer.Option(10.0, min=2.0, help="Seconds of each phase."),
+) -> None:
+    """CPU per answer, cache hit and event, per process; the saturation throughput (benchmarks/capacity.py)."""
+    raise typer.Exit(_run("capacity", argv=["--rate", str(rate), "--duration", str(duration)]))
 
 
 @app.command(name="all")

@@ -11,7 +11,11 @@ process loads it with a few ``GET``s instead of re-reading and re-parsing every 
 Snapshot format (no pickle): ``MAGIC`` + ``<Q header length>`` + JSON header + raw little-endian
 column bytes. String and ragged columns are stored as ``int64`` offsets + a flat data column.
 Every array keeps one extra last row holding the feature's default, so a gather of an unknown
-item id (index ``N``) yields the default without a second pass.
+item id (index ``N``) yields the default without a second pass. The header also carries when the
+snapshot was published and the end date of the materialisation it packs (``published_at``,
+``materialized_until``: epoch seconds or null; older snapshots have neither), which the readers
+export as ``recsys_feature_snapshot_published_timestamp_seconds`` and
+``recsys_feature_materialized_until_timestamp_seconds``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class ItemTable:
     present: dict[str, np.ndarray]    # ref -> bool [N+1] (False in the default row)
     event_ts: dict[str, np.ndarray]   # view -> float64 [N+1] epoch seconds, NaN when absent
     version: str | None = None
+    published_at: float | None = None       # epoch s the snapshot was published (None: not published)
+    materialized_until: float | None = None  # the end date of the materialisation it packs (epoch s)
 
     @property
     def n(self) -> int:
@@ -196,7 +202,8 @@ def pack_table(table: ItemTable) -> bytes:
         _put(cols, f"p:{ref}", table.present[ref][:n])
     for view, ts in table.event_ts.items():
         _put(cols, f"t:{view}", ts[:n].astype("<f8"))
-    header: dict[str, Any] = {"version": table.version, "n": n, "kinds": kinds, "columns": []}
+    header: dict[str, Any] = {"version": table.version, "n": n, "kinds": kinds, "columns": [],
+                              "published_at": table.published_at, "materialized_until": table.materialized_until}
     offset = 0
     for name, arr in cols:
         header["columns"].append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape),
@@ -263,4 +270,5 @@ def unpack_table(blob: bytes | memoryview, layout: Layout) -> ItemTable:
                     out[n] = default_for(spec)
             values[spec.ref] = out
     return ItemTable(ids=cols["ids"].copy(), values=values, present=present, event_ts=event_ts,
-                     version=header.get("version"))
+                     version=header.get("version"), published_at=header.get("published_at"),
+                     materialized_until=header.get("materialized_until"))

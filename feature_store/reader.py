@@ -34,6 +34,12 @@ does **not** apply TTLs on online reads (see :mod:`feature_store.online_layout`)
 mirrors that by default, and ``enforce_ttl=True`` treats rows older than their view's TTL
 (``user_context``: 1 day) as missing instead.
 
+Feature age (:class:`FeatureReaderMetrics`): ``recsys_feature_snapshot_published_timestamp_seconds``
+(when the served item snapshot was published), ``recsys_feature_materialized_until_timestamp_seconds``
+(the end date of the materialisation it packs; both set when a table is swapped in, from the
+snapshot's header) and ``recsys_feature_row_age_seconds{feature_view}`` (now minus the Feast event
+time of each user row read). ``python -m architect diagnose`` turns them into staleness findings.
+
 The layout is **version-coupled to feast==0.67.0** (pinned in requirements/serving.txt); the
 contract test fails when a Feast upgrade changes it. Feature definitions (views, features,
 types, TTLs) come from the Feast registry at start-up, not from a second hand-written list.
@@ -53,6 +59,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -100,7 +107,7 @@ class FeatureReaderMetrics:
     """The reader's Prometheus metrics, registered in the caller's registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import REGISTRY, Counter, Gauge
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         registry = REGISTRY if registry is None else registry
         self.missing = Counter(
@@ -117,6 +124,43 @@ class FeatureReaderMetrics:
         self.item_refresh_seconds = Gauge(
             "recsys_feature_item_table_refresh_seconds", "Duration of the last item table load.",
             registry=registry)
+        # Feature age, exported as timestamps (age = time() - value; Prometheus's "timestamps, not
+        # time since": a gauge set once stays right as time passes). NaN: not known. Several
+        # gateway workers: the oldest one served (livemin).
+        self.snapshot_published = Gauge(
+            "recsys_feature_snapshot_published_timestamp_seconds",
+            "When the item feature snapshot being served was published (epoch s; a table built by scanning "
+            "Feast's rows: when the scan ran).", registry=registry, multiprocess_mode="livemin")
+        self.materialized_until = Gauge(
+            "recsys_feature_materialized_until_timestamp_seconds",
+            "End date of the materialisation whose item snapshot is being served (Feast copied the offline rows "
+            "with event_timestamp <= this; epoch s, NaN when the snapshot does not say).",
+            registry=registry, multiprocess_mode="livemin")
+        self.snapshot_published.set(float("nan"))
+        self.materialized_until.set(float("nan"))
+        self.row_age = Histogram(
+            "recsys_feature_row_age_seconds",
+            "Age (now - the row's Feast event timestamp) of each user feature row read, per view; a view "
+            "without a row for the user is not observed.", ["feature_view"], registry=registry,
+            buckets=ROW_AGE_BUCKETS)
+
+    def table_loaded(self, table: ItemTable, loaded_at: float) -> None:
+        """The item table now served: its publish time (else the version's time prefix, else
+        ``loaded_at`` for a scanned table) and its materialisation's end date."""
+        published = table.published_at if table.published_at is not None else version_time(table.version)
+        self.snapshot_published.set(published if published is not None else loaded_at)
+        until = table.materialized_until
+        self.materialized_until.set(float(until) if until is not None else float("nan"))
+
+
+# 1 s .. 10 years: pushed rows are seconds old, materialised ones hours to years (ml-100k: 1998)
+ROW_AGE_BUCKETS = (1, 10, 60, 600, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400, 3650 * 86400)
+
+
+def version_time(version: str | None) -> float | None:
+    """Epoch seconds of a snapshot version ``<time_ns>-<hex>`` (None: another form)."""
+    head = (version or "").partition("-")[0]
+    return int(head) / 1e9 if head.isdigit() and len(head) >= 18 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +195,7 @@ class OnlineFeatureReader:
             raise ValueError(f"defaults given for unknown feature refs: {sorted(unknown)}")
         self._defaults = dict(defaults or {})
         self._missing_counter = {v: metrics.missing.labels(feature_view=v) for v in layout.views}
+        self._row_age = {v.name: metrics.row_age.labels(feature_view=v.name) for v in layout.views_of("user")}
         self.background_refresh = background_refresh
         self.items = items  # False: users only, no item table in memory (retrieval reads no item rows)
         self._table: ItemTable | None = None
@@ -170,16 +215,19 @@ class OnlineFeatureReader:
     def user_features(self, user_id: int) -> UserFeatures:
         uid = _as_int64(user_id)
         raw = self.backend.read_user(uid)
-        now = self.clock() if self.enforce_ttl else 0.0
+        now = self.clock()
         values: dict[str, Any] = {}
         missing: set[str] = set()
         event_ts: dict[str, float | None] = {}
         dec = self._decoder
         event_time = self.backend.event_ts  # each store keeps event times its own way
+        row_age = self._row_age
         for v in self._user_views:
             ts_raw, vals = raw[v.name]
             ts = event_time(ts_raw)
             event_ts[v.name] = ts
+            if ts is not None:
+                row_age[v.name].observe(max(0.0, now - ts))
             expired = (self.enforce_ttl and v.ttl_seconds > 0 and ts is not None
                        and now - ts > v.ttl_seconds)
             n_missing = 0
@@ -260,6 +308,7 @@ class OnlineFeatureReader:
                 log.exception("item feature snapshot %s could not be loaded; serving %s", version, table.version)
                 return table
             self._table = new
+            self.metrics.table_loaded(new, time.time())
             self.metrics.item_refreshes.labels(source=source, outcome="ok").inc()
             self.metrics.item_rows.set(new.n)
             self.metrics.item_refresh_seconds.set(time.perf_counter() - t0)
@@ -405,11 +454,14 @@ def build_reader(
     return reader
 
 
-def publish_item_snapshot(settings: FeatureStoreSettings, store=None, views: list[str] | None = None) -> str | None:
+def publish_item_snapshot(settings: FeatureStoreSettings, store=None, views: list[str] | None = None,
+                          materialized_until: datetime | None = None) -> str | None:
     """Post-materialise hook: pack Feast's item rows into one snapshot and switch readers to it.
 
     Called at the end of ``feature_store.store.materialize``. Returns the new snapshot version
     (``None`` when ``views`` names no item view, so nothing changed for items).
+    ``materialized_until``: the end date of that materialisation, recorded in the snapshot with
+    its publish time (readers export both: ``recsys_feature_*_timestamp_seconds``).
     """
     if store is None:
         store = feature_store(settings)
@@ -424,6 +476,8 @@ def publish_item_snapshot(settings: FeatureStoreSettings, store=None, views: lis
         version = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
         table = reader.scan_item_table(version=version)
+        table.published_at = time.time()
+        table.materialized_until = materialized_until.timestamp() if materialized_until is not None else None
         blob = pack_table(table)
         backend.publish_snapshot(blob, version)
         log.info("published item feature snapshot %s: %d items, %.1f MB in %.2fs",

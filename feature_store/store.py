@@ -60,7 +60,7 @@ def materialize(
     store = store or feature_store(settings)
     end = end or datetime.now(UTC)
     store.materialize(start_date=MATERIALIZE_START, end_date=end, feature_views=views)
-    publish_item_snapshot(settings, store=store, views=views)  # post-materialise hook of the online reader
+    publish_item_snapshot(settings, store=store, views=views, materialized_until=end)  # the online reader's hook
     return store
 
 
@@ -130,5 +130,5 @@ def materialize_batched(
         written.append(ViewWrite(view, total, time.perf_counter() - t))
         log.info("wrote %d %s rows in %.1fs", total, view, written[-1].seconds)
     t = time.perf_counter()
-    version = publish_item_snapshot(settings, store=store, views=views)
+    version = publish_item_snapshot(settings, store=store, views=views, materialized_until=end)
     return MaterializeReport(written, version, time.perf_counter() - t, time.perf_counter() - t_start)

@@ -20,6 +20,7 @@ from common.grpc_server import (
     connection_age_options,
     serve,
 )
+from common.process_metrics import add_process_metrics
 from common.settings import ArtifactSettings, FeatureStoreSettings
 from common.telemetry import TelemetrySettings, grpc_server_interceptors, setup_tracing
 from feature_store.backends import OnlineStoreConfigError, online_store_type
@@ -71,6 +72,7 @@ def run_service(
     configure_logging(settings.log_level)
     tracing = setup_tracing(TelemetrySettings(), name)
     metrics = ServiceMetrics(name)
+    add_process_metrics(metrics.registry)  # process_cpu_seconds_total, python_gc_pause_seconds
 
     reloader: list[Reloader] = []  # set by load(): the hot swap needs the feature fetcher it built
 

@@ -51,6 +51,9 @@ def run_consumer() -> int:
         return EXIT_CONFIG
     ev = s.events
     metrics = EventsMetrics()
+    from common.process_metrics import add_process_metrics
+
+    add_process_metrics(metrics.registry)  # process_cpu_seconds_total, python_gc_pause_seconds
     consumer = None
 
     def ready():

@@ -16,6 +16,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from common.process_metrics import add_process_metrics
 from services.gateway.breaker import STATES, Bulkhead
 from services.gateway.settings import OWN_METRICS_DIR
 
@@ -142,6 +143,8 @@ class GatewayMetrics:
             "gateway_exposures_total", "/recommend answers offered to the exposure log by outcome (written, dropped: queue full, "
             "sampled_out, failed: Redis down or slow).", ["outcome"], registry=r,
         )
+        if not multiprocess:  # several workers: their exposition only aggregates the workers' files
+            add_process_metrics(r)  # process_cpu_seconds_total, python_gc_pause_seconds
         self._breaker_states: dict[str, dict[str, MetricWrapperBase]] = {}
         self._included: _Merged | None = None
 
