@@ -53,6 +53,8 @@ ASSUMPTIONS = {
     "autoscaler": f"an autoscaler (HPA on CPU) adds replicas within ~{AUTOSCALER_REACTION_S} s: the minimum carries "
                   "the average load, or the bursts when they are shorter than that",
     "hops": "two gRPC hops; a hop with C candidates costs what the 1M run measured per hop, scaled by C / 500",
+    "exact_below": f"below {EXACT_MAX_ITEMS:,} items exact search is as fast as ANN with recall 1.0 (README, Measured "
+                   "performance: the ml-100k bundle serves exact search)",
 }
 
 
@@ -105,7 +107,8 @@ def choose_index(req: Requirements, profile: Profile) -> IndexChoice:
         return IndexChoice("Flat (exact)", Q(flat_ms, "ms", f"{flat['p50_ms']} ms at 1M x 64 ({src}) x {n:,}/1M x {dim}/64"),
                            Q(flat_mib, "MiB", f"{n:,} x {dim} x 4 B"), 1.0,
                            [("ANN (IVF / HNSW)", f"below {EXACT_MAX_ITEMS:,} items exact search costs "
-                                                  f"{flat_ms:.2f} ms with recall 1.0: nothing to gain")])
+                                                  f"{flat_ms:.2f} ms with recall 1.0: nothing to gain "
+                                                  f"({ASSUMPTIONS['exact_below']})")])
     rejected, best = [], None
     for row in profile.sweep:
         ms = _scale_ann(row, n, dim)
@@ -353,13 +356,15 @@ def size_redis(costs: Costs, req: Requirements, profile: Profile, mode: str, cac
 def latency(costs: Costs, req: Requirements, profile: Profile, index: IndexChoice) -> dict[str, Q]:
     """Expected p50 per stage at low load (CPU-bound stages: latency ≈ their CPU), and the p99."""
     p = profile
-    hop = 2.4 * req.request.candidates / 500 if costs.mode != "precomputed" else 0.0
+    hop = 2 * p.v("scale.hop_ms_500") * req.request.candidates / 500 if costs.mode != "precomputed" else 0.0
     stages = {
         "gateway (HTTP, cache, assembly)": Q(costs.per_answer["gateway"].value, "ms", "its CPU per answer"),
         "retrieval (features, ANN, sources, filters)": Q(costs.per_answer["retrieval"].value, "ms", "its CPU per answer"),
         "ranking (features, scorer)": Q(costs.per_answer["ranking"].value, "ms", "its CPU per answer"),
-        "gRPC hops": Q(hop, "ms", ASSUMPTIONS["hops"]),
-        "Redis round trips": Q(0.2 * 3, "ms", "3 sequential round trips x 0.2 ms (loopback; add the network RTT)"),
+        "gRPC hops": Q(hop, "ms", f"2 x {p.v('scale.hop_ms_500')} ms [{p['scale.hop_ms_500'].cite()}] x C/500 "
+                                  f"({ASSUMPTIONS['hops']})"),
+        "Redis round trips": Q(p.v("redis.rtt_ms") * 3, "ms", f"3 sequential round trips x {p.v('redis.rtt_ms')} ms "
+                               f"[{p['redis.rtt_ms'].cite()}] (loopback; add the network RTT)"),
     }
     p50 = sum(q.value for q in stages.values())
     ratio = p.v("base.p99_ms") / p.v("base.p50_ms")
