@@ -20,7 +20,7 @@ SCALE_ENV   := ARTIFACTS_DIR=artifacts/scale/current FEAST_PROJECT=recsys_scale 
 # Redis of the precompute job: REDIS_URL, else the running `make up` / `make up-scale` stack's
 STACK_REDIS := $${REDIS_URL:-$$($(PY) -c 'from deploy.local import RUN_DIR, StackInfo; print(StackInfo.load(RUN_DIR).redis_url or "")' 2>/dev/null)}
 
-.PHONY: help setup proto data artifacts candidate artifacts-scale up-cluster up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint chart design designs profile diagnose clean
+.PHONY: help setup proto data artifacts candidate artifacts-scale up-cluster up-scale precompute precompute-scale bundles publish rollback canary promote abort shadow experiment-report feature-apply materialize up down demo test test-compose torch-wheel bench loadtest lint chart promcheck design designs profile diagnose clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -135,6 +135,9 @@ lint: setup ## ruff
 
 chart: setup ## Helm chart offline: helm lint --strict, helm template (default + production values) | kubernetes-validate --strict
 	$(PY) -m deploy.helm.chartcheck
+
+promcheck: setup ## Prometheus offline: promtool check rules + test rules (alerts), check config, the dashboard's PromQL
+	$(PY) -m deploy.prometheus.promcheck
 
 REQ ?= docs/designs/small-shop.yaml
 design: setup ## Architecture document from a requirements file: make design REQ=my.yaml [OUT=doc.md]
