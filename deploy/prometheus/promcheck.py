@@ -30,10 +30,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from deploy.tools import Result, ToolError, run  # noqa: F401  (re-exported for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HERE = REPO_ROOT / "deploy" / "prometheus"
@@ -61,10 +62,6 @@ GRAFANA_DURATIONS = {
     "__interval_ms": "60000", "__range_s": "3600", "__range_ms": "3600000",
 }
 MATCH_ALL = ".*"
-
-
-class ToolError(RuntimeError):
-    pass
 
 
 def _sha256(path: Path) -> str:
@@ -131,23 +128,6 @@ def ensure_promtool(cache: Path = CACHE) -> Path:
         binary.chmod(0o755)
         os.replace(binary, target)  # concurrent first runs: both move the same verified bytes
     return target
-
-
-@dataclass(frozen=True)
-class Result:
-    cmd: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return (self.stdout + self.stderr).strip()
-
-
-def run(cmd: list[str], **kw) -> Result:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-    return Result(cmd, proc.returncode, proc.stdout, proc.stderr)
 
 
 def check_rules(promtool: Path, path: Path = ALERTS) -> Result:
